@@ -1,0 +1,438 @@
+//! `sluice bench`: what batching buys on this machine.
+//!
+//! For each batch size, a model is started with that `max_batch_size` and fed
+//! pre-processed sample items as fast as it takes them; the table shows
+//! items/s, batch latency, the speedup over batch size 1 and the best size.
+//! With `--raw`, each size is also measured by calling ONNX Runtime directly
+//! on the same batches (same session options), first-come-first-served in
+//! both, so the ratio is the engine's own efficiency. Pre-processing (decode,
+//! tokenize) is done once up front and not timed: it does not batch.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use serde::Serialize;
+use sluice_core::spec::RuntimeKind;
+use sluice_core::{Backend, DType, Input, ModelSpec, Tensor, TensorData};
+use sluice_engine::{Completion, Model, Prepared, Reply};
+use tokio::sync::mpsc;
+
+use crate::inputs::{Fields, Kind, Source};
+use crate::Overrides;
+
+/// Arguments of `sluice bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Model folder (holding model.toml) or name under ./models.
+    #[arg(long, short)]
+    model: String,
+    /// Batch sizes to measure (default: 1, 8, 16, 32, 64 up to the model's max, and the max).
+    #[arg(long, value_delimiter = ',')]
+    batch_sizes: Option<Vec<usize>>,
+    /// Sample inputs (default: data/texts/sample.jsonl for text, data/images for images,
+    /// random tensors for tensor models).
+    #[arg(long, short)]
+    input: Option<String>,
+    /// Seconds to measure each configuration.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Repeats of each measurement; the median is reported.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Also measure raw ONNX Runtime on the same batches.
+    #[arg(long)]
+    raw: bool,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+/// One measured configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// Batch size.
+    pub batch_size: usize,
+    /// Median items/s through Sluice.
+    pub items_per_s: f64,
+    /// Mean items per executed batch.
+    pub mean_batch: f64,
+    /// Batch latency (runtime call) p50, ms.
+    pub batch_p50_ms: f64,
+    /// Batch latency p99, ms.
+    pub batch_p99_ms: f64,
+    /// Padding share (text).
+    pub padding_ratio: f64,
+    /// Median items/s through Sluice with first-come-first-served batches (with --raw).
+    pub fifo_items_per_s: Option<f64>,
+    /// Median items/s calling ONNX Runtime directly (with --raw).
+    pub raw_items_per_s: Option<f64>,
+}
+
+pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let mut spec = crate::load_spec(&args.model)?;
+    args.overrides.apply(&mut spec)?;
+    anyhow::ensure!(args.seconds > 0.0, "--seconds must be positive");
+    anyhow::ensure!(args.repeat > 0, "--repeat must be at least 1");
+    let sizes = args
+        .batch_sizes
+        .clone()
+        .unwrap_or_else(|| default_sizes(spec.max_batch_size));
+    anyhow::ensure!(sizes.iter().all(|&b| b > 0), "batch sizes must be at least 1");
+    let max_b = sizes.iter().copied().max().unwrap_or(1);
+
+    let spec_for_load = spec.clone();
+    let backend = tokio::task::spawn_blocking(move || sluice_engine::load_backend(&spec_for_load)).await??;
+    let probe = Model::start(spec.clone(), backend.clone())?;
+    let samples = prepare_samples(&spec, &probe, args.input.as_deref(), max_b).await?;
+    probe.close();
+    probe.join().await;
+    drop(probe);
+
+    println!(
+        "{} on {}: {} distinct sample items, {:.1}s per measurement, {} repeat(s), {} instance(s)",
+        spec.name,
+        backend.describe(),
+        samples.len(),
+        args.seconds,
+        args.repeat,
+        spec.instances
+    );
+    let dur = Duration::from_secs_f64(args.seconds);
+    let raw_ok = args.raw && spec.runtime == RuntimeKind::Onnx;
+    if args.raw && !raw_ok {
+        println!("--raw applies to ONNX models only; skipped");
+    }
+    let mut rows = Vec::new();
+    for &b in &sizes {
+        let mut sl = Vec::new();
+        let mut fifo = Vec::new();
+        let mut raw = Vec::new();
+        let mut last = None;
+        for _ in 0..args.repeat {
+            if raw_ok {
+                raw.push(raw_onnx(&spec, &samples, b, dur).await?);
+                fifo.push(
+                    through_engine(&spec, backend.clone(), &samples, b, dur, false)
+                        .await?
+                        .items_per_s,
+                );
+            }
+            let m = through_engine(&spec, backend.clone(), &samples, b, dur, spec.group_by_length).await?;
+            sl.push(m.items_per_s);
+            last = Some(m);
+        }
+        let m = last.context("no measurement")?;
+        rows.push(Row {
+            batch_size: b,
+            items_per_s: median(&mut sl),
+            mean_batch: m.mean_batch,
+            batch_p50_ms: m.p50_ms,
+            batch_p99_ms: m.p99_ms,
+            padding_ratio: m.padding_ratio,
+            fifo_items_per_s: raw_ok.then(|| median(&mut fifo)),
+            raw_items_per_s: raw_ok.then(|| median(&mut raw)),
+        });
+    }
+    print_table(
+        &rows,
+        raw_ok,
+        spec.group_by_length && matches!(spec.processing, sluice_core::spec::ProcessingSpec::Text(_)),
+    );
+    if let Some(path) = &args.json {
+        let v = serde_json::json!({
+            "model": spec.name,
+            "backend": backend.describe(),
+            "seconds": args.seconds,
+            "repeat": args.repeat,
+            "rows": rows,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&v)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn default_sizes(max: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = [1, 8, 16, 32, 64].into_iter().filter(|&b| b < max).collect();
+    v.push(max);
+    v
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn print_table(rows: &[Row], raw: bool, text: bool) {
+    let base = rows.iter().find(|r| r.batch_size == 1).map(|r| r.items_per_s);
+    print!(
+        "{:>6} {:>12} {:>9} {:>10} {:>10}",
+        "batch", "items/s", "speedup", "p50 ms", "p99 ms"
+    );
+    if text {
+        print!(" {:>8}", "padding");
+    }
+    if raw {
+        print!(" {:>14} {:>14} {:>9}", "sluice fifo/s", "raw ort/s", "vs raw");
+    }
+    println!();
+    for r in rows {
+        let speedup = base.map_or("-".into(), |b| format!("x{:.2}", r.items_per_s / b.max(1e-9)));
+        print!(
+            "{:>6} {:>12.1} {:>9} {:>10.2} {:>10.2}",
+            r.batch_size, r.items_per_s, speedup, r.batch_p50_ms, r.batch_p99_ms
+        );
+        if text {
+            print!(" {:>7.1}%", 100.0 * r.padding_ratio);
+        }
+        if let (Some(f), Some(w)) = (r.fifo_items_per_s, r.raw_items_per_s) {
+            print!(" {f:>14.1} {w:>14.1} {:>8.1}%", 100.0 * f / w.max(1e-9));
+        }
+        println!();
+    }
+    if let Some(best) = rows.iter().max_by(|a, b| a.items_per_s.total_cmp(&b.items_per_s)) {
+        match base {
+            Some(b) => println!(
+                "best batch size on this machine: {} ({:.1} items/s, x{:.2} over batch size 1)",
+                best.batch_size,
+                best.items_per_s,
+                best.items_per_s / b.max(1e-9)
+            ),
+            None => println!(
+                "best batch size on this machine: {} ({:.1} items/s)",
+                best.batch_size, best.items_per_s
+            ),
+        }
+    }
+}
+
+/// Reads and pre-processes up to a few hundred sample items.
+async fn prepare_samples(
+    spec: &ModelSpec,
+    model: &Model,
+    input: Option<&str>,
+    max_b: usize,
+) -> anyhow::Result<Vec<Prepared>> {
+    let kind = Kind::of(&spec.processing);
+    // A multiple of every power-of-two batch size keeps FIFO batches aligned.
+    let want = max_b.max(1) * (512 / max_b.max(1)).max(1);
+    let default = match kind {
+        Kind::Text => Some("data/texts/sample.jsonl"),
+        Kind::Image => Some("data/images"),
+        Kind::Tensor => None,
+    };
+    let raw: Vec<Input> = match input.or(default) {
+        Some(path) => {
+            let source = Source::open(path, kind).with_context(|| format!("bench inputs ({path}); pass --input"))?;
+            let fields = Fields {
+                id: "id".into(),
+                value: if kind == Kind::Tensor { "input" } else { "text" }.into(),
+            };
+            let mut rx = source.stream(kind, fields);
+            let mut v = Vec::new();
+            while let Some(item) = rx.recv().await {
+                if let Ok(i) = item.input {
+                    v.push(i);
+                }
+                if v.len() >= want {
+                    break;
+                }
+            }
+            v
+        }
+        None => random_tensors(model, want)?,
+    };
+    let processor = model.processor().clone();
+    let prepared = tokio::task::spawn_blocking(move || {
+        raw.into_iter()
+            .filter_map(|i| processor.preprocess(i).ok())
+            .collect::<Vec<Prepared>>()
+    })
+    .await?;
+    anyhow::ensure!(!prepared.is_empty(), "no usable sample inputs");
+    // Cycle to `want` items so every batch size sees the same data.
+    let n = prepared.len();
+    let mut out = prepared.clone();
+    if n < want {
+        // Images are large: cap the repetition at the largest batch.
+        let target = if kind == Kind::Image { max_b.max(n) } else { want };
+        out.extend((n..target).map(|k| prepared[k % n].clone()));
+    } else {
+        out.truncate(want);
+    }
+    Ok(out)
+}
+
+fn random_tensors(model: &Model, n: usize) -> anyhow::Result<Vec<Input>> {
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut named = sluice_core::NamedTensors::new();
+        for info in &model.signature().inputs {
+            let shape: Vec<usize> = info.shape.iter().skip(1).map(|d| d.unwrap_or(16)).collect();
+            let count: usize = shape.iter().product();
+            let data = match info.dtype {
+                Some(DType::F32) | None => TensorData::F32((0..count).map(|_| next()).collect()),
+                Some(DType::I64) => TensorData::I64((0..count).map(|_| (next().abs() * 100.0) as i64).collect()),
+                Some(other) => anyhow::bail!("cannot make random {other} inputs; pass --input"),
+            };
+            named.insert(info.name.clone(), Tensor::new(shape, data)?);
+        }
+        out.push(Input::Tensors(named));
+    }
+    Ok(out)
+}
+
+struct Measured {
+    items_per_s: f64,
+    mean_batch: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    padding_ratio: f64,
+}
+
+async fn through_engine(
+    spec: &ModelSpec,
+    backend: Arc<dyn Backend>,
+    samples: &[Prepared],
+    b: usize,
+    dur: Duration,
+    group: bool,
+) -> anyhow::Result<Measured> {
+    let mut s = spec.clone();
+    s.max_batch_size = b;
+    s.group_by_length = group;
+    let model = Model::start(s, backend)?;
+    // Warm up: a few batches, not measured.
+    let warm = (b * 2).min(samples.len().max(b));
+    let _ = feed(&model, samples, warm, None).await?;
+    let before = model.stats();
+    let (done, lat) = feed(&model, samples, usize::MAX, Some(dur)).await?;
+    let after = model.stats();
+    model.close();
+    model.join().await;
+    let batches = after.batches.saturating_sub(before.batches);
+    let items = after.batched_items.saturating_sub(before.batched_items);
+    let tokens = after.tokens.saturating_sub(before.tokens);
+    let padding = after.padding.saturating_sub(before.padding);
+    let mut lat = lat;
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok(Measured {
+        items_per_s: done,
+        mean_batch: if batches == 0 {
+            0.0
+        } else {
+            items as f64 / batches as f64
+        },
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        padding_ratio: if tokens + padding == 0 {
+            0.0
+        } else {
+            padding as f64 / (tokens + padding) as f64
+        },
+    })
+}
+
+/// Feeds items (cycling `samples`) until `limit` items or `dur` elapsed;
+/// returns items/s over completed items and the batch latencies (ms) seen.
+async fn feed(
+    model: &Model,
+    samples: &[Prepared],
+    limit: usize,
+    dur: Option<Duration>,
+) -> anyhow::Result<(f64, Vec<f64>)> {
+    let (tx, mut rx) = mpsc::channel::<Completion>(4096);
+    let counter = tokio::spawn(async move {
+        let mut n = 0u64;
+        let mut lat = Vec::new();
+        let mut last_batch = (Duration::ZERO, 0usize);
+        while let Some(c) = rx.recv().await {
+            n += 1;
+            // One latency sample per batch: consecutive items of a batch share run_time.
+            if (c.run_time, c.batch_size) != last_batch {
+                lat.push(c.run_time.as_secs_f64() * 1e3);
+                last_batch = (c.run_time, c.batch_size);
+            }
+        }
+        (n, lat)
+    });
+    let start = Instant::now();
+    let mut k = 0usize;
+    while k < limit {
+        if dur.is_some_and(|d| start.elapsed() >= d) {
+            break;
+        }
+        let item = samples[k % samples.len()].clone();
+        model
+            .submit_prepared(k.to_string(), item, Reply::Stream(tx.clone()))
+            .await?;
+        k += 1;
+    }
+    drop(tx);
+    let (n, lat) = counter.await?;
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok((n as f64 / elapsed.max(1e-9), lat))
+}
+
+/// Raw ONNX Runtime: the same first-come-first-served batches, stacked and
+/// run in a loop on one session with the model's session options.
+async fn raw_onnx(spec: &ModelSpec, samples: &[Prepared], b: usize, dur: Duration) -> anyhow::Result<f64> {
+    let spec = spec.clone();
+    let samples: Vec<Prepared> = samples.to_vec();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
+        let path = spec.resolve(spec.model_file.as_ref().context("model_file")?);
+        let device = spec.device().map_err(anyhow::Error::msg)?;
+        let (session, _) = sluice_onnx::open_session(&path, device, spec.allow_cpu_fallback, spec.intra_op_threads)?;
+        let mut inst = sluice_onnx::OnnxInstance::new(session);
+        let names: Vec<String> = samples[0].tensors.keys().cloned().collect();
+        let batches: Vec<Vec<(String, Tensor)>> = samples
+            .chunks(b)
+            .filter(|c| c.len() == b || samples.len() < b)
+            .map(|chunk| {
+                names
+                    .iter()
+                    .map(|n| {
+                        let items: Vec<&Tensor> = chunk.iter().filter_map(|p| p.tensors.get(n)).collect();
+                        Tensor::stack(n, &items, 0.0).map(|(t, _)| (n.clone(), t))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<_, _>>()?;
+        anyhow::ensure!(!batches.is_empty(), "no batches");
+        // Warm up.
+        for batch in batches.iter().take(2) {
+            inst.run_stacked(batch.clone())
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+        }
+        let start = Instant::now();
+        let mut items = 0usize;
+        let mut i = 0usize;
+        while start.elapsed() < dur {
+            let batch = &batches[i % batches.len()];
+            let n = batch.first().and_then(|(_, t)| t.shape.first().copied()).unwrap_or(0);
+            inst.run_stacked(batch.clone())
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            items += n;
+            i += 1;
+        }
+        Ok(items as f64 / start.elapsed().as_secs_f64())
+    })
+    .await?
+}

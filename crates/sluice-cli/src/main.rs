@@ -1,0 +1,128 @@
+//! `sluice`: the command-line entry point.
+//!
+//! Subcommands: `run` (a streaming bulk run of one model over a file or a
+//! folder), `bench` (throughput per batch size, and against raw ONNX
+//! Runtime), `models` (list and inspect a model repository).
+
+mod bench;
+mod inputs;
+mod models;
+mod run;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use sluice_core::ModelSpec;
+
+/// Sluice: batch inference for bulk data.
+#[derive(Parser)]
+#[command(name = "sluice", version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a model over a file of texts/tensors or a folder of images; stream results to JSONL.
+    Run(run::RunArgs),
+    /// Measure throughput per batch size (and against raw ONNX Runtime).
+    Bench(bench::BenchArgs),
+    /// List or inspect models.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
+}
+
+/// Settings that override a model's `model.toml`.
+#[derive(Args, Clone, Debug, Default)]
+pub struct Overrides {
+    /// Largest batch per model call.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Longest wait for a batch to fill, in milliseconds.
+    #[arg(long)]
+    pub max_delay_ms: Option<u64>,
+    /// Parallel model instances.
+    #[arg(long)]
+    pub instances: Option<usize>,
+    /// ONNX Runtime intra-op threads per instance (0: ONNX Runtime's default).
+    #[arg(long, env = "SLUICE_THREADS")]
+    pub threads: Option<usize>,
+    /// Device: cpu or cuda:N.
+    #[arg(long, env = "SLUICE_DEVICE")]
+    pub device: Option<String>,
+}
+
+impl Overrides {
+    /// Applies the overrides to a spec.
+    pub fn apply(&self, spec: &mut ModelSpec) -> anyhow::Result<()> {
+        if let Some(b) = self.batch_size {
+            anyhow::ensure!(b > 0, "--batch-size must be at least 1");
+            spec.max_batch_size = b;
+        }
+        if let Some(d) = self.max_delay_ms {
+            spec.max_batch_delay_ms = d;
+        }
+        if let Some(i) = self.instances {
+            anyhow::ensure!(i > 0, "--instances must be at least 1");
+            spec.instances = i;
+        }
+        if let Some(t) = self.threads {
+            spec.intra_op_threads = t;
+        }
+        if let Some(d) = &self.device {
+            sluice_core::spec::Device::parse(d).map_err(anyhow::Error::msg)?;
+            spec.device.clone_from(d);
+        }
+        Ok(())
+    }
+}
+
+/// Loads `model.toml` from a model folder, or `models/<name>` when given a bare name.
+pub fn load_spec(model: &str) -> anyhow::Result<ModelSpec> {
+    let direct = PathBuf::from(model);
+    let path = if direct.exists() {
+        direct
+    } else {
+        let repo = PathBuf::from("models").join(model);
+        if repo.exists() {
+            repo
+        } else {
+            anyhow::bail!("model {model} not found: give a folder holding model.toml (e.g. models/minilm-l6)");
+        }
+    };
+    ModelSpec::load(&path).map_err(anyhow::Error::from)
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+            Command::Bench(args) => bench::bench(args).await,
+            Command::Models(cmd) => models::models(cmd).await,
+        }
+    })
+}

@@ -1,0 +1,159 @@
+//! `sluice models list | inspect`: what a model expects and returns.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use sluice_core::runtime::fmt_dims;
+use sluice_core::spec::{ImagePostprocess, ProcessingSpec};
+use sluice_core::{ModelSignature, ModelSpec};
+
+/// `sluice models ...`
+#[derive(Subcommand, Debug)]
+pub enum ModelsCommand {
+    /// List the models of a repository.
+    List {
+        /// Model repository (a folder of model folders).
+        #[arg(long, env = "SLUICE_MODELS", default_value = "models")]
+        models: PathBuf,
+    },
+    /// Show a model's inputs, outputs and settings (loads the model).
+    Inspect {
+        /// Model folder or name under ./models.
+        model: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Loads every `*/model.toml` under `dir`, sorted by name; a broken spec is
+/// reported with its error instead of hiding the others.
+pub fn scan(dir: &std::path::Path) -> anyhow::Result<Vec<Result<ModelSpec, String>>> {
+    let mut out = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("cannot read model repository {}: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.join("model.toml").is_file())
+        .collect();
+    entries.sort();
+    for p in entries {
+        out.push(ModelSpec::load(&p).map_err(|e| e.to_string()));
+    }
+    Ok(out)
+}
+
+fn processing_summary(spec: &ModelSpec) -> String {
+    match &spec.processing {
+        ProcessingSpec::Text(t) => format!(
+            "text: tokenizer {}, max {} tokens, {:?} pooling{} -> embedding",
+            t.tokenizer.display(),
+            t.max_length,
+            t.pooling,
+            if t.normalize { ", L2-normalised" } else { "" }
+        ),
+        ProcessingSpec::Image(i) => {
+            let post = match &i.postprocess {
+                ImagePostprocess::Nanodet { labels, .. } => format!("NanoDet detections (labels {})", labels.display()),
+                ImagePostprocess::Classification { top_k, .. } => format!("top-{top_k} classes"),
+            };
+            format!(
+                "image: JPEG/PNG -> {}x{} {:?} {:?} {:?} -> {post}",
+                i.size[0], i.size[1], i.resize, i.layout, i.channels
+            )
+        }
+        ProcessingSpec::Tensor(_) => "tensor: raw named tensors (JSON arrays or base64) -> raw tensors".into(),
+    }
+}
+
+fn print_signature(sig: &ModelSignature) {
+    println!("  inputs:");
+    for t in &sig.inputs {
+        println!(
+            "    {:<24} {:<8} {}",
+            t.name,
+            t.dtype.map_or("?".into(), |d| d.to_string()),
+            fmt_dims(&t.shape)
+        );
+    }
+    println!("  outputs:");
+    for t in &sig.outputs {
+        println!(
+            "    {:<24} {:<8} {}",
+            t.name,
+            t.dtype.map_or("?".into(), |d| d.to_string()),
+            fmt_dims(&t.shape)
+        );
+    }
+}
+
+pub async fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
+    match cmd {
+        ModelsCommand::List { models } => {
+            let specs = scan(&models)?;
+            if specs.is_empty() {
+                println!(
+                    "no models under {} (each model is a folder with a model.toml)",
+                    models.display()
+                );
+            }
+            println!(
+                "{:<16} {:<8} {:<6} {:<10} {:<8} PROCESSING",
+                "NAME", "VERSION", "BATCH", "DEVICE", "RUNTIME"
+            );
+            for s in specs {
+                match s {
+                    Ok(s) => println!(
+                        "{:<16} {:<8} {:<6} {:<10} {:<8} {}",
+                        s.name,
+                        s.version,
+                        s.max_batch_size,
+                        s.device,
+                        format!("{:?}", s.runtime).to_lowercase(),
+                        processing_summary(&s)
+                    ),
+                    Err(e) => println!("ERROR {e}"),
+                }
+            }
+            Ok(())
+        }
+        ModelsCommand::Inspect { model, json } => {
+            let spec = crate::load_spec(&model)?;
+            let spec2 = spec.clone();
+            let backend = tokio::task::spawn_blocking(move || sluice_engine::load_backend(&spec2)).await??;
+            let sig = backend.signature().clone();
+            if json {
+                let v = serde_json::json!({
+                    "name": spec.name,
+                    "version": spec.version,
+                    "runtime": spec.runtime,
+                    "backend": backend.describe(),
+                    "max_batch_size": spec.max_batch_size,
+                    "max_batch_delay_ms": spec.max_batch_delay_ms,
+                    "instances": spec.instances,
+                    "device": spec.device,
+                    "processing": spec.processing,
+                    "signature": sig,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!("{} (version {})", spec.name, spec.version);
+            if !spec.description.is_empty() {
+                println!("  {}", spec.description);
+            }
+            println!("  folder:      {}", spec.dir.display());
+            println!("  backend:     {}", backend.describe());
+            println!(
+                "  batching:    max {} items, wait at most {} ms, {} instance(s), length grouping {}",
+                spec.max_batch_size,
+                spec.max_batch_delay_ms,
+                spec.instances,
+                if spec.group_by_length { "on" } else { "off" }
+            );
+            println!("  processing:  {}", processing_summary(&spec));
+            print_signature(&sig);
+            Ok(())
+        }
+    }
+}

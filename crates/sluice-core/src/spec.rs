@@ -1,0 +1,507 @@
+//! `model.toml`: everything Sluice needs to know to serve one model.
+//!
+//! A model repository is a folder of folders, `models/<name>/model.toml` plus
+//! the files it names. Parsing is strict: an unknown key is an error naming
+//! the key, because a misspelt `max_batch_sise` silently ignored would cost a
+//! user hours.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a model spec could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// File path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown/invalid keys.
+    #[error("invalid {path}: {message}")]
+    Invalid {
+        /// File path.
+        path: PathBuf,
+        /// What is wrong (names the key).
+        message: String,
+    },
+}
+
+/// Which runtime executes the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// In-process ONNX Runtime.
+    Onnx,
+    /// A no-op runtime that echoes its inputs (benchmarks of the engine itself).
+    Noop,
+}
+
+/// The parsed `model.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Model name; defaults to the folder name.
+    #[serde(default)]
+    pub name: String,
+    /// Version string reported to clients.
+    #[serde(default = "default_version")]
+    pub version: String,
+    /// Free-text description.
+    #[serde(default)]
+    pub description: String,
+    /// Runtime executing the model.
+    pub runtime: RuntimeKind,
+    /// Model file relative to the model folder (ONNX).
+    #[serde(default)]
+    pub model_file: Option<PathBuf>,
+    /// Largest batch one call may receive.
+    pub max_batch_size: usize,
+    /// Longest an item waits for its batch to fill.
+    #[serde(default = "default_delay_ms")]
+    pub max_batch_delay_ms: u64,
+    /// Parallel model instances, each on its own thread.
+    #[serde(default = "one")]
+    pub instances: usize,
+    /// `"cpu"` or `"cuda:N"`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Run on CPU when the requested GPU is unavailable instead of failing.
+    #[serde(default)]
+    pub allow_cpu_fallback: bool,
+    /// ONNX Runtime intra-op threads per instance; 0 lets ONNX Runtime decide.
+    #[serde(default)]
+    pub intra_op_threads: usize,
+    /// Items that may wait in the model's queue before submitters block.
+    #[serde(default = "default_queue")]
+    pub queue_capacity: usize,
+    /// Threads running pre-processing (decode, tokenize, resize).
+    #[serde(default = "default_pre_threads")]
+    pub preprocess_threads: usize,
+    /// Group items of similar length into batches (text models).
+    #[serde(default = "yes")]
+    pub group_by_length: bool,
+    /// Input and output handling.
+    pub processing: ProcessingSpec,
+    /// Model folder (set on load, not read from the file).
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+fn default_version() -> String {
+    "1".into()
+}
+fn default_delay_ms() -> u64 {
+    5
+}
+fn one() -> usize {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+fn default_queue() -> usize {
+    1024
+}
+fn default_pre_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// How raw inputs become tensors and outputs become results.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ProcessingSpec {
+    /// Tokenized text, e.g. sentence embeddings.
+    Text(TextSpec),
+    /// Images: decode, resize, normalise; detection or classification.
+    Image(ImageSpec),
+    /// Raw named tensors, checked against the graph.
+    Tensor(TensorSpec),
+}
+
+/// Text processing: tokenizer and pooling.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextSpec {
+    /// `tokenizer.json` relative to the model folder.
+    #[serde(default = "default_tokenizer")]
+    pub tokenizer: PathBuf,
+    /// Longest sequence in tokens; longer texts are truncated.
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    /// Graph input receiving token ids.
+    #[serde(default = "default_ids")]
+    pub input_ids: String,
+    /// Graph input receiving the attention mask.
+    #[serde(default = "default_mask")]
+    pub attention_mask: String,
+    /// Graph input receiving token type ids, if the graph has one.
+    #[serde(default = "default_type_ids")]
+    pub token_type_ids: Option<String>,
+    /// Graph output holding per-token hidden states `[batch, seq, hidden]`.
+    #[serde(default = "default_hidden")]
+    pub output: String,
+    /// How token states become one vector.
+    #[serde(default)]
+    pub pooling: Pooling,
+    /// L2-normalise the pooled vector.
+    #[serde(default = "yes")]
+    pub normalize: bool,
+}
+
+fn default_tokenizer() -> PathBuf {
+    "tokenizer.json".into()
+}
+fn default_max_length() -> usize {
+    256
+}
+fn default_ids() -> String {
+    "input_ids".into()
+}
+fn default_mask() -> String {
+    "attention_mask".into()
+}
+#[allow(clippy::unnecessary_wraps)]
+fn default_type_ids() -> Option<String> {
+    Some("token_type_ids".into())
+}
+fn default_hidden() -> String {
+    "last_hidden_state".into()
+}
+
+/// Sentence pooling.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// Mean over tokens where the attention mask is 1.
+    #[default]
+    Mean,
+    /// The first token's state.
+    Cls,
+}
+
+/// Image pre-processing and post-processing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    /// Graph input receiving the image tensor.
+    pub input: String,
+    /// Target `[width, height]`.
+    pub size: [u32; 2],
+    /// How the image is fitted to `size`.
+    #[serde(default)]
+    pub resize: ResizeMode,
+    /// Tensor layout.
+    #[serde(default)]
+    pub layout: Layout,
+    /// Channel order.
+    #[serde(default)]
+    pub channels: ChannelOrder,
+    /// Multiplied into each 0..255 pixel value first.
+    #[serde(default = "unit_scale")]
+    pub scale: f32,
+    /// Subtracted per channel after scaling (in `channels` order).
+    #[serde(default)]
+    pub mean: [f32; 3],
+    /// Divides per channel after subtracting the mean.
+    #[serde(default = "unit_std")]
+    pub std: [f32; 3],
+    /// What the outputs mean.
+    pub postprocess: ImagePostprocess,
+}
+
+fn unit_scale() -> f32 {
+    1.0
+}
+fn unit_std() -> [f32; 3] {
+    [1.0, 1.0, 1.0]
+}
+
+/// How an image is fitted to the model's input size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResizeMode {
+    /// Stretch to the target size (aspect ratio not kept).
+    #[default]
+    Stretch,
+    /// Scale to fit, keeping the aspect ratio, and pad the rest.
+    Letterbox,
+}
+
+/// Tensor layout of an image input.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// Channels first `[3, H, W]`.
+    #[default]
+    Nchw,
+    /// Channels last `[H, W, 3]`.
+    Nhwc,
+}
+
+/// Channel order of an image input.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelOrder {
+    /// Red, green, blue.
+    #[default]
+    Rgb,
+    /// Blue, green, red (Caffe-style models).
+    Bgr,
+}
+
+/// Interpretation of an image model's outputs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ImagePostprocess {
+    /// NanoDet head: per-level class scores and distance distributions.
+    Nanodet {
+        /// Labels file, one class name per line.
+        labels: PathBuf,
+        /// Minimum class score kept.
+        #[serde(default = "default_score")]
+        score_threshold: f32,
+        /// IoU above which lower-scored boxes of a class are suppressed.
+        #[serde(default = "default_iou")]
+        iou_threshold: f32,
+        /// Most detections returned per image.
+        #[serde(default = "default_max_det")]
+        max_detections: usize,
+        /// Feature-map strides, matched to outputs by cell count.
+        #[serde(default = "default_strides")]
+        strides: Vec<u32>,
+    },
+    /// Image classification: softmax (optional) then top-k.
+    Classification {
+        /// Labels file, one class name per line.
+        #[serde(default)]
+        labels: Option<PathBuf>,
+        /// Graph output with the scores; default: the first output.
+        #[serde(default)]
+        output: Option<String>,
+        /// Apply softmax to the logits.
+        #[serde(default = "yes")]
+        softmax: bool,
+        /// Classes returned per image.
+        #[serde(default = "default_top_k")]
+        top_k: usize,
+    },
+}
+
+fn default_score() -> f32 {
+    0.35
+}
+fn default_iou() -> f32 {
+    0.6
+}
+fn default_max_det() -> usize {
+    100
+}
+fn default_strides() -> Vec<u32> {
+    vec![8, 16, 32]
+}
+fn default_top_k() -> usize {
+    5
+}
+
+/// Raw tensor models.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorSpec {
+    /// Input used when an item is a bare array instead of an object of named
+    /// tensors; default: the graph's only input.
+    #[serde(default)]
+    pub default_input: Option<String>,
+}
+
+impl ModelSpec {
+    /// Loads `dir/model.toml` (or a path to the file itself).
+    pub fn load(path: &Path) -> Result<ModelSpec, SpecError> {
+        let (dir, file) = if path.is_dir() {
+            (path.to_path_buf(), path.join("model.toml"))
+        } else {
+            (
+                path.parent().map(Path::to_path_buf).unwrap_or_default(),
+                path.to_path_buf(),
+            )
+        };
+        let text = std::fs::read_to_string(&file).map_err(|source| SpecError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        let mut spec = ModelSpec::parse(&text).map_err(|message| SpecError::Invalid {
+            path: file.clone(),
+            message,
+        })?;
+        if spec.name.is_empty() {
+            spec.name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into());
+        }
+        spec.dir = dir;
+        Ok(spec)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<ModelSpec, String> {
+        let spec: ModelSpec = toml::from_str(text).map_err(|e| e.to_string())?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.max_batch_size == 0 {
+            return Err("max_batch_size must be at least 1".into());
+        }
+        if self.instances == 0 {
+            return Err("instances must be at least 1".into());
+        }
+        if self.queue_capacity == 0 {
+            return Err("queue_capacity must be at least 1".into());
+        }
+        if self.preprocess_threads == 0 {
+            return Err("preprocess_threads must be at least 1".into());
+        }
+        if self.runtime == RuntimeKind::Onnx && self.model_file.is_none() {
+            return Err("runtime \"onnx\" needs model_file".into());
+        }
+        self.device()?;
+        Ok(())
+    }
+
+    /// The parsed device.
+    pub fn device(&self) -> Result<Device, String> {
+        Device::parse(&self.device)
+    }
+
+    /// The batching delay.
+    pub fn max_delay(&self) -> Duration {
+        Duration::from_millis(self.max_batch_delay_ms)
+    }
+
+    /// Resolves a path from the spec relative to the model folder.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+}
+
+/// Where a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// The CPU.
+    Cpu,
+    /// A CUDA GPU by ordinal.
+    Cuda(u32),
+}
+
+impl Device {
+    /// Parses `"cpu"` or `"cuda:N"` (`"cuda"` means `cuda:0`).
+    pub fn parse(s: &str) -> Result<Device, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("device must be \"cpu\" or \"cuda:N\", got {other:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = r#"
+runtime = "onnx"
+model_file = "model.onnx"
+max_batch_size = 32
+[processing]
+type = "text"
+max_length = 128
+"#;
+
+    #[test]
+    fn parses_with_defaults() {
+        let spec = ModelSpec::parse(TEXT).expect("valid");
+        assert_eq!(spec.max_batch_size, 32);
+        assert_eq!(spec.max_batch_delay_ms, 5);
+        assert_eq!(spec.instances, 1);
+        assert_eq!(spec.device().expect("device"), Device::Cpu);
+        let ProcessingSpec::Text(t) = spec.processing else {
+            panic!("text expected")
+        };
+        assert_eq!(t.max_length, 128);
+        assert_eq!(t.pooling, Pooling::Mean);
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_named() {
+        let err = ModelSpec::parse(&TEXT.replace("max_batch_size = 32", "max_batch_size = 32\nmax_batch_sise = 4"))
+            .expect_err("unknown key");
+        assert!(err.contains("max_batch_sise"), "{err}");
+    }
+
+    #[test]
+    fn unknown_nested_key_is_named() {
+        let err = ModelSpec::parse(&format!("{TEXT}poolin = \"mean\"\n")).expect_err("unknown key");
+        assert!(err.contains("poolin"), "{err}");
+    }
+
+    #[test]
+    fn bad_device_and_zero_batch() {
+        let err = ModelSpec::parse(&format!("device = \"tpu\"\n{TEXT}")).expect_err("device");
+        assert!(err.contains("cuda:N"), "{err}");
+        let err = ModelSpec::parse(&TEXT.replace("= 32", "= 0")).expect_err("zero");
+        assert!(err.contains("max_batch_size"), "{err}");
+        assert_eq!(Device::parse("cuda:1"), Ok(Device::Cuda(1)));
+    }
+
+    #[test]
+    fn image_spec_parses() {
+        let spec = ModelSpec::parse(
+            r#"
+runtime = "onnx"
+model_file = "model.onnx"
+max_batch_size = 8
+[processing]
+type = "image"
+input = "x"
+size = [416, 416]
+resize = "letterbox"
+scale = 0.0039215686
+[processing.postprocess]
+type = "nanodet"
+labels = "coco.names"
+"#,
+        )
+        .expect("valid");
+        let ProcessingSpec::Image(img) = spec.processing else {
+            panic!("image expected")
+        };
+        assert_eq!(img.resize, ResizeMode::Letterbox);
+        assert!(matches!(img.postprocess, ImagePostprocess::Nanodet { .. }));
+    }
+}

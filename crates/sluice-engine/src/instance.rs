@@ -1,0 +1,109 @@
+//! Model instance threads: run batches, isolate failing items, post-process.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Instant;
+
+use sluice_core::{BatchError, ItemError, ItemErrorKind, NamedTensors, Runtime};
+use sluice_processing::Processor;
+
+use crate::batcher::Batch;
+use crate::model::{Completion, DoneGuard};
+use crate::stats::Stats;
+
+pub(crate) struct Context {
+    pub model: String,
+    pub processor: Arc<dyn Processor>,
+    pub stats: Arc<Stats>,
+    pub _done: Arc<DoneGuard>,
+}
+
+pub(crate) fn run(mut runtime: Box<dyn Runtime>, rx: async_channel::Receiver<Batch>, ctx: Context) {
+    while let Ok(batch) = rx.recv_blocking() {
+        let Batch { items, permit } = batch;
+        let (items, canceled): (Vec<_>, Vec<_>) = items
+            .into_iter()
+            .partition(|q| !crate::model::is_canceled(q.cancel.as_ref()));
+        for q in canceled {
+            crate::model::fail_item(q.id, q.reply, q.submitted, crate::model::canceled_error(), &ctx.stats);
+        }
+        if items.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        let inputs: Vec<&NamedTensors> = items.iter().map(|q| &q.prepared.tensors).collect();
+        let span = tracing::debug_span!("batch", model = %ctx.model, size = items.len());
+        let outcomes = span.in_scope(|| run_isolating(runtime.as_mut(), &inputs, &ctx.stats));
+        let run_time = started.elapsed();
+        ctx.stats
+            .record_run(u64::try_from(run_time.as_nanos()).unwrap_or(u64::MAX));
+        // The instance is free for the next batch while we post-process this one.
+        drop(permit);
+        let size = items.len();
+        for (q, outcome) in items.into_iter().zip(outcomes) {
+            let queue_time = started.saturating_duration_since(q.submitted);
+            ctx.stats
+                .record_queue(u64::try_from(queue_time.as_nanos()).unwrap_or(u64::MAX));
+            let result = outcome.and_then(|tensors| {
+                catch_unwind(AssertUnwindSafe(|| {
+                    ctx.processor.postprocess(tensors, &q.prepared.meta)
+                }))
+                .unwrap_or_else(|p| {
+                    Err(ItemError::new(
+                        ItemErrorKind::Internal,
+                        format!("post-processing panicked: {}", panic_message(&p)),
+                    ))
+                })
+            });
+            ctx.stats.record_item(result.is_ok());
+            q.reply.send(Completion {
+                id: q.id,
+                result,
+                queue_time,
+                run_time,
+                batch_size: size,
+            });
+        }
+    }
+}
+
+/// Runs `batch`; when the whole call fails, splits it in halves and retries
+/// each, down to single items, so only the items that fail get an error.
+pub(crate) fn run_isolating(
+    runtime: &mut dyn Runtime,
+    batch: &[&NamedTensors],
+    stats: &Stats,
+) -> Vec<Result<NamedTensors, ItemError>> {
+    let outcome = catch_unwind(AssertUnwindSafe(|| runtime.run(batch)))
+        .unwrap_or_else(|p| Err(BatchError::new(format!("runtime panicked: {}", panic_message(&p)))));
+    let error = match outcome {
+        Ok(results) if results.len() == batch.len() => return results,
+        Ok(results) => BatchError::new(format!(
+            "runtime returned {} results for {} items",
+            results.len(),
+            batch.len()
+        )),
+        Err(e) => e,
+    };
+    if batch.len() == 1 || !error.item_dependent {
+        return batch
+            .iter()
+            .map(|_| Err(ItemError::inference(error.message.clone())))
+            .collect();
+    }
+    stats.record_bisection();
+    let mid = batch.len() / 2;
+    let mut left = run_isolating(runtime, &batch[..mid], stats);
+    left.extend(run_isolating(runtime, &batch[mid..], stats));
+    left
+}
+
+pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}

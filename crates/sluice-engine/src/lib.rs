@@ -1,0 +1,28 @@
+//! Sluice's engine: turns a stream of single items into batched model calls.
+//!
+//! Per model, items flow through four stages, each bounded:
+//!
+//! ```text
+//! submit ─▶ [pre-processing queue] ─▶ processing threads (decode, tokenize)
+//!        ─▶ [model queue] ─▶ batcher task (policy::decide) ─▶ [batch channel]
+//!        ─▶ instance threads (Runtime::run, bisect failures, post-process) ─▶ Reply
+//! ```
+//!
+//! The batcher is one async task that owns the waiting items; it forms a batch
+//! only when an instance is free, so the policy picks from everything that
+//! waits at that moment. Inference and processing run on dedicated OS
+//! threads, never on the async executor. A failed batch is bisected until
+//! only the failing items fail.
+
+mod batcher;
+pub mod fault;
+mod instance;
+mod model;
+pub mod noop;
+mod stats;
+
+pub use model::{load_backend, CancelFlag, Completion, EngineError, Model, Reply, SubmitOptions};
+pub use stats::{Stats, StatsSnapshot};
+
+/// Re-exported so callers can pre-process items themselves (benchmarks).
+pub use sluice_processing::{Meta, Prepared};

@@ -1,0 +1,402 @@
+//! A served model: its pipeline of queues, threads and the batcher task.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_core::spec::{ModelSpec, RuntimeKind};
+use sluice_core::{Backend, Input, ItemError, ItemErrorKind, ItemId, ItemResult, ModelSignature};
+use sluice_processing::{Prepared, Processor};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::batcher::{self, Queued};
+use crate::instance;
+use crate::stats::{Stats, StatsSnapshot};
+
+/// Why a model could not be started or an item not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The model's backend failed to load.
+    #[error("model '{model}': {message}")]
+    Load {
+        /// Model name.
+        model: String,
+        /// Cause.
+        message: String,
+    },
+    /// The model is shutting down and takes no more items.
+    #[error("model '{0}' is closed")]
+    Closed(String),
+}
+
+/// The outcome of one item, with where its time went.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// The id given at submission.
+    pub id: ItemId,
+    /// Output or error.
+    pub result: ItemResult,
+    /// Time from submission until its batch started.
+    pub queue_time: Duration,
+    /// Time of the runtime call of its batch (zero if it never ran).
+    pub run_time: Duration,
+    /// Items in its batch (zero if it never ran).
+    pub batch_size: usize,
+}
+
+/// Where an item's [`Completion`] goes.
+#[derive(Debug)]
+pub enum Reply {
+    /// A single waiter (a real-time request).
+    Once(oneshot::Sender<Completion>),
+    /// A stream shared by many items (a bulk run or job). Bounded: when the
+    /// reader falls behind, instance threads wait, and so do submitters.
+    Stream(mpsc::Sender<Completion>),
+}
+
+impl Reply {
+    /// Delivers a completion. Must be called from a plain thread (not an
+    /// async task): a full stream blocks the caller.
+    pub(crate) fn send(self, c: Completion) {
+        match self {
+            // A dropped receiver means nobody waits any more; nothing to do.
+            Reply::Once(tx) => {
+                let _ = tx.send(c);
+            }
+            Reply::Stream(tx) => {
+                let _ = tx.blocking_send(c);
+            }
+        }
+    }
+}
+
+/// Per-submission options.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitOptions {
+    /// When set to true, the item is dropped (completed as `canceled`) at
+    /// the next stage it reaches instead of running.
+    pub cancel: Option<CancelFlag>,
+}
+
+/// A shared cancellation flag, typically one per run or job.
+#[derive(Debug, Clone, Default)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    /// A flag that is not set.
+    pub fn new() -> CancelFlag {
+        CancelFlag::default()
+    }
+
+    /// Cancels every item carrying this flag that has not run yet.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`CancelFlag::cancel`] was called.
+    pub fn is_canceled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+pub(crate) fn is_canceled(c: Option<&CancelFlag>) -> bool {
+    c.is_some_and(CancelFlag::is_canceled)
+}
+
+pub(crate) fn canceled_error() -> ItemError {
+    ItemError::new(ItemErrorKind::Canceled, "canceled before it ran")
+}
+
+pub(crate) struct Request {
+    pub id: ItemId,
+    pub input: Input,
+    pub reply: Reply,
+    pub submitted: Instant,
+    pub cancel: Option<CancelFlag>,
+}
+
+/// One served model. Cheap to clone; all clones share the pipeline.
+#[derive(Clone)]
+pub struct Model {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    spec: ModelSpec,
+    backend: Arc<dyn Backend>,
+    processor: Arc<dyn Processor>,
+    stats: Arc<Stats>,
+    pre_tx: async_channel::Sender<Request>,
+    queue_tx: async_channel::Sender<Queued>,
+    done: watch::Receiver<bool>,
+}
+
+impl Model {
+    /// Loads the backend a spec names and starts the model's pipeline.
+    /// Blocking (loads the model); call it from a blocking context.
+    /// Needs a Tokio runtime for the batcher task.
+    pub fn load(spec: ModelSpec) -> Result<Model, EngineError> {
+        let backend = load_backend(&spec)?;
+        Model::start(spec, backend)
+    }
+
+    /// Starts the pipeline around an already-loaded backend (also used by
+    /// tests to inject faults).
+    pub fn start(spec: ModelSpec, backend: Arc<dyn Backend>) -> Result<Model, EngineError> {
+        let load_err = |message: String| EngineError::Load {
+            model: spec.name.clone(),
+            message,
+        };
+        let processor = sluice_processing::build(&spec, backend.signature()).map_err(|e| load_err(e.to_string()))?;
+        let stats = Arc::new(Stats::new(spec.max_batch_size));
+        let (pre_tx, pre_rx) = async_channel::bounded::<Request>(spec.queue_capacity);
+        let (queue_tx, queue_rx) = async_channel::bounded::<Queued>(spec.queue_capacity);
+        let (batch_tx, batch_rx) = async_channel::bounded(spec.instances);
+        let (done_tx, done) = watch::channel(false);
+
+        // Instances first: a model that cannot load fails here, before any item is taken.
+        let mut runtimes = Vec::with_capacity(spec.instances);
+        for i in 0..spec.instances {
+            runtimes.push(backend.create_instance(i).map_err(|e| load_err(e.message))?);
+        }
+        let done_guard = Arc::new(DoneGuard(done_tx));
+        for (i, runtime) in runtimes.into_iter().enumerate() {
+            let ctx = instance::Context {
+                model: spec.name.clone(),
+                processor: processor.clone(),
+                stats: stats.clone(),
+                _done: done_guard.clone(),
+            };
+            let rx = batch_rx.clone();
+            std::thread::Builder::new()
+                .name(format!("sluice-{}-{i}", spec.name))
+                .spawn(move || instance::run(runtime, rx, ctx))
+                .map_err(|e| load_err(format!("cannot start instance thread: {e}")))?;
+        }
+        drop(done_guard);
+
+        let closer = Arc::new(CloseOnDrop(queue_tx.clone()));
+        for i in 0..spec.preprocess_threads {
+            let rx = pre_rx.clone();
+            let tx = queue_tx.clone();
+            let processor = processor.clone();
+            let stats = stats.clone();
+            let closer = closer.clone();
+            std::thread::Builder::new()
+                .name(format!("sluice-{}-pre{i}", spec.name))
+                .spawn(move || preprocess_loop(&rx, &tx, processor.as_ref(), &stats, closer))
+                .map_err(|e| load_err(format!("cannot start processing thread: {e}")))?;
+        }
+        drop(closer);
+
+        let cfg = batcher::config(&spec);
+        tokio::spawn(batcher::run(queue_rx, batch_tx, cfg, spec.instances, stats.clone()));
+        tracing::info!(model = %spec.name, backend = %backend.describe(), max_batch_size = spec.max_batch_size, instances = spec.instances, "model started");
+        Ok(Model {
+            inner: Arc::new(Inner {
+                spec,
+                backend,
+                processor,
+                stats,
+                pre_tx,
+                queue_tx,
+                done,
+            }),
+        })
+    }
+
+    /// The model's configuration.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.inner.spec
+    }
+
+    /// Inputs and outputs of the graph.
+    pub fn signature(&self) -> &ModelSignature {
+        self.inner.backend.signature()
+    }
+
+    /// The backend's description (`"onnx cpu (default threads)"`).
+    pub fn describe(&self) -> String {
+        self.inner.backend.describe()
+    }
+
+    /// The processing chain (for callers that pre-process themselves).
+    pub fn processor(&self) -> &Arc<dyn Processor> {
+        &self.inner.processor
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// Queues a raw item; waits while the pre-processing queue is full.
+    pub async fn submit(&self, id: ItemId, input: Input, reply: Reply) -> Result<(), EngineError> {
+        self.submit_with(id, input, reply, SubmitOptions::default()).await
+    }
+
+    /// Queues a raw item with options (cancellation).
+    pub async fn submit_with(
+        &self,
+        id: ItemId,
+        input: Input,
+        reply: Reply,
+        opts: SubmitOptions,
+    ) -> Result<(), EngineError> {
+        let req = Request {
+            id,
+            input,
+            reply,
+            submitted: Instant::now(),
+            cancel: opts.cancel,
+        };
+        self.inner
+            .pre_tx
+            .send(req)
+            .await
+            .map_err(|_| EngineError::Closed(self.inner.spec.name.clone()))
+    }
+
+    /// Queues an already pre-processed item straight to the batcher.
+    pub async fn submit_prepared(&self, id: ItemId, prepared: Prepared, reply: Reply) -> Result<(), EngineError> {
+        if self.inner.pre_tx.is_closed() {
+            return Err(EngineError::Closed(self.inner.spec.name.clone()));
+        }
+        let now = Instant::now();
+        let q = Queued {
+            id,
+            prepared,
+            reply,
+            submitted: now,
+            enqueued: now,
+            cancel: None,
+        };
+        self.inner
+            .queue_tx
+            .send(q)
+            .await
+            .map_err(|_| EngineError::Closed(self.inner.spec.name.clone()))
+    }
+
+    /// Runs one item and waits for its result.
+    pub async fn infer(&self, id: ItemId, input: Input) -> Completion {
+        let (tx, rx) = oneshot::channel();
+        let fail = |id: ItemId, message: String| Completion {
+            id,
+            result: Err(ItemError::new(ItemErrorKind::Unavailable, message)),
+            queue_time: Duration::ZERO,
+            run_time: Duration::ZERO,
+            batch_size: 0,
+        };
+        if let Err(e) = self.submit(id.clone(), input, Reply::Once(tx)).await {
+            return fail(id, e.to_string());
+        }
+        rx.await
+            .unwrap_or_else(|_| fail(id, "the model stopped before answering".into()))
+    }
+
+    /// Takes no more items; those already submitted still complete.
+    pub fn close(&self) {
+        self.inner.pre_tx.close();
+    }
+
+    /// Waits until every submitted item has completed after [`Model::close`].
+    pub async fn join(&self) {
+        let mut done = self.inner.done.clone();
+        // Err means the sender is gone, which also means every instance ended.
+        let _ = done.wait_for(|d| *d).await;
+    }
+}
+
+/// Loads the backend of the runtime a spec names. Blocking.
+pub fn load_backend(spec: &ModelSpec) -> Result<Arc<dyn Backend>, EngineError> {
+    let load_err = |message: String| EngineError::Load {
+        model: spec.name.clone(),
+        message,
+    };
+    Ok(match spec.runtime {
+        RuntimeKind::Onnx => Arc::new(sluice_onnx::OnnxBackend::load(spec).map_err(|e| load_err(e.to_string()))?),
+        RuntimeKind::Noop => Arc::new(crate::noop::NoopBackend::new()),
+    })
+}
+
+/// Signals completion when the last instance thread ends.
+pub(crate) struct DoneGuard(watch::Sender<bool>);
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// Closes the model queue when the last processing thread ends.
+struct CloseOnDrop(async_channel::Sender<Queued>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+fn preprocess_loop(
+    rx: &async_channel::Receiver<Request>,
+    tx: &async_channel::Sender<Queued>,
+    processor: &dyn Processor,
+    stats: &Stats,
+    _closer: Arc<CloseOnDrop>,
+) {
+    while let Ok(req) = rx.recv_blocking() {
+        let Request {
+            id,
+            input,
+            reply,
+            submitted,
+            cancel,
+        } = req;
+        if is_canceled(cancel.as_ref()) {
+            fail_item(id, reply, submitted, canceled_error(), stats);
+            continue;
+        }
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| processor.preprocess(input)))
+            .unwrap_or_else(|p| {
+                Err(ItemError::new(
+                    ItemErrorKind::Internal,
+                    format!("pre-processing panicked: {}", instance::panic_message(&p)),
+                ))
+            });
+        match outcome {
+            Ok(prepared) => {
+                let q = Queued {
+                    id,
+                    prepared,
+                    reply,
+                    submitted,
+                    enqueued: Instant::now(),
+                    cancel,
+                };
+                if let Err(async_channel::SendError(q)) = tx.send_blocking(q) {
+                    let msg = "the model queue closed before the item ran".to_string();
+                    fail_item(
+                        q.id,
+                        q.reply,
+                        q.submitted,
+                        ItemError::new(ItemErrorKind::Unavailable, msg),
+                        stats,
+                    );
+                }
+            }
+            Err(e) => fail_item(id, reply, submitted, e, stats),
+        }
+    }
+}
+
+pub(crate) fn fail_item(id: ItemId, reply: Reply, submitted: Instant, error: ItemError, stats: &Stats) {
+    stats.record_item(false);
+    reply.send(Completion {
+        id,
+        result: Err(error),
+        queue_time: submitted.elapsed(),
+        run_time: Duration::ZERO,
+        batch_size: 0,
+    });
+}

@@ -1,0 +1,392 @@
+//! The ONNX Runtime backend: runs ONNX models in-process.
+//!
+//! ONNX Runtime is loaded at run time (`ort`'s `load-dynamic` feature) from
+//! the shared library shipped in the `onnxruntime` PyPI wheel, because `ort`'s
+//! default build step downloads binaries, which fails on machines that reach
+//! only package registries. [`locate_library`] says where Sluice looks and
+//! what to run when it is missing.
+//!
+//! Each model instance owns one `Session` (its `run` needs `&mut self`) on
+//! its own thread; the engine never calls it from an async executor.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use ort::environment::Environment;
+use ort::ep;
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, TensorElementType, ValueType};
+use sluice_core::spec::{Device, ModelSpec};
+use sluice_core::{
+    Backend, BatchError, DType, ItemError, ModelSignature, NamedTensors, Runtime, Tensor, TensorData, TensorInfo,
+};
+
+/// The environment variable naming the ONNX Runtime shared library.
+pub const DYLIB_ENV: &str = "ORT_DYLIB_PATH";
+/// Where `scripts/setup.sh` puts the library, relative to the project root.
+pub const LOCAL_LIB_DIR: &str = ".sluice/onnxruntime/lib";
+/// The command that installs the library.
+pub const SETUP_HINT: &str = "run `bash scripts/setup.sh` in the Sluice checkout (it installs the onnxruntime 1.32 wheel's library into .sluice/onnxruntime/lib), or set ORT_DYLIB_PATH to a libonnxruntime.so 1.32";
+
+/// Errors of the ONNX backend.
+#[derive(Debug, thiserror::Error)]
+pub enum OnnxError {
+    /// The shared library was not found or failed to load.
+    #[error("ONNX Runtime library not available: {0}")]
+    Library(String),
+    /// The model file could not be loaded.
+    #[error("cannot load ONNX model {path}: {message}")]
+    Model {
+        /// The model file.
+        path: PathBuf,
+        /// Cause.
+        message: String,
+    },
+    /// The requested device is unavailable and CPU fallback is off.
+    #[error("{0}")]
+    Device(String),
+    /// Invalid configuration.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Finds the ONNX Runtime shared library: `ORT_DYLIB_PATH`, else
+/// `.sluice/onnxruntime/lib/` in the current directory, the executable's
+/// directory, or any of their parents (so `target/release/sluice` finds the
+/// checkout's copy).
+pub fn locate_library() -> Result<PathBuf, OnnxError> {
+    if let Some(p) = std::env::var_os(DYLIB_ENV) {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(OnnxError::Library(format!(
+                "{DYLIB_ENV}={} does not exist; {SETUP_HINT}",
+                p.display()
+            )))
+        };
+    }
+    let mut starts: Vec<PathBuf> = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        starts.push(cwd);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            starts.push(dir.to_path_buf());
+        }
+    }
+    for start in &starts {
+        for dir in start.ancestors() {
+            if let Some(lib) = find_in(&dir.join(LOCAL_LIB_DIR)) {
+                return Ok(lib);
+            }
+        }
+    }
+    Err(OnnxError::Library(format!(
+        "no libonnxruntime.so in {DYLIB_ENV} or {LOCAL_LIB_DIR}; {SETUP_HINT}"
+    )))
+}
+
+fn find_in(dir: &Path) -> Option<PathBuf> {
+    let plain = dir.join("libonnxruntime.so");
+    if plain.is_file() {
+        return Some(plain);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+static INIT: OnceLock<Result<Environment, String>> = OnceLock::new();
+
+/// Loads ONNX Runtime once per process and returns its environment; later
+/// calls return the first outcome.
+pub fn init() -> Result<Environment, OnnxError> {
+    INIT.get_or_init(|| {
+        let path = locate_library().map_err(|e| e.to_string())?;
+        let env = ort::init_from(&path)
+            .map_err(|e| format!("cannot load {}: {e}; {SETUP_HINT}", path.display()))?
+            .with_name("sluice")
+            .build()
+            .map_err(|e| format!("cannot start ONNX Runtime from {}: {e}", path.display()))?;
+        tracing::debug!(library = %path.display(), "ONNX Runtime loaded");
+        Ok(env)
+    })
+    .clone()
+    .map_err(OnnxError::Library)
+}
+
+/// Session options shared by the backend and the raw baseline benchmark,
+/// so both measure the same configuration.
+pub fn open_session(
+    path: &Path,
+    device: Device,
+    allow_cpu_fallback: bool,
+    intra_threads: usize,
+) -> Result<(Session, Device), OnnxError> {
+    let env = init()?;
+    let model_err = |message: String| OnnxError::Model {
+        path: path.to_path_buf(),
+        message,
+    };
+    let builder = || -> Result<_, OnnxError> {
+        let mut b = Session::builder(&env).map_err(|e| model_err(e.to_string()))?;
+        if intra_threads > 0 {
+            b = b
+                .with_intra_threads(intra_threads)
+                .map_err(|e| model_err(e.to_string()))?;
+        }
+        b = b.with_inter_threads(1).map_err(|e| model_err(e.to_string()))?;
+        Ok(b)
+    };
+    match device {
+        Device::Cpu => {
+            let session = builder()?
+                .commit_from_file(path)
+                .map_err(|e| model_err(e.to_string()))?;
+            Ok((session, Device::Cpu))
+        }
+        Device::Cuda(id) => {
+            let cuda = ep::CUDA::default().with_device_id(id as i32).build().error_on_failure();
+            let attempt = builder()?
+                .with_execution_providers([cuda])
+                .map_err(|e| e.to_string())
+                .and_then(|mut b| b.commit_from_file(path).map_err(|e| e.to_string()));
+            match attempt {
+                Ok(session) => Ok((session, device)),
+                Err(e) if allow_cpu_fallback => {
+                    tracing::warn!(model = %path.display(), error = %e, "CUDA unavailable, falling back to CPU");
+                    let session = builder()?.commit_from_file(path).map_err(|e| model_err(e.to_string()))?;
+                    Ok((session, Device::Cpu))
+                }
+                Err(e) => Err(OnnxError::Device(format!(
+                    "device cuda:{id} requested but the CUDA execution provider could not start ({e}); install the onnxruntime-gpu library with CUDA 12 and cuDNN 9, or set allow_cpu_fallback = true in model.toml"
+                ))),
+            }
+        }
+    }
+}
+
+fn dtype_of(t: TensorElementType) -> Option<DType> {
+    Some(match t {
+        TensorElementType::Float32 => DType::F32,
+        TensorElementType::Float64 => DType::F64,
+        TensorElementType::Int64 => DType::I64,
+        TensorElementType::Int32 => DType::I32,
+        TensorElementType::Uint8 => DType::U8,
+        TensorElementType::Int8 => DType::I8,
+        TensorElementType::Bool => DType::Bool,
+        _ => return None,
+    })
+}
+
+fn info_of(name: &str, ty: &ValueType) -> TensorInfo {
+    match ty {
+        ValueType::Tensor { ty, shape, .. } => TensorInfo {
+            name: name.to_string(),
+            dtype: dtype_of(*ty),
+            shape: shape.iter().map(|&d| usize::try_from(d).ok()).collect(),
+        },
+        _ => TensorInfo {
+            name: name.to_string(),
+            dtype: None,
+            shape: Vec::new(),
+        },
+    }
+}
+
+/// Reads the input/output signature of a session.
+pub fn signature_of(session: &Session) -> ModelSignature {
+    ModelSignature {
+        inputs: session.inputs().iter().map(|o| info_of(o.name(), o.dtype())).collect(),
+        outputs: session.outputs().iter().map(|o| info_of(o.name(), o.dtype())).collect(),
+    }
+}
+
+/// An ONNX model ready to create instances.
+pub struct OnnxBackend {
+    path: PathBuf,
+    device: Device,
+    allow_cpu_fallback: bool,
+    intra_threads: usize,
+    signature: ModelSignature,
+    /// The session opened to read the signature, handed to instance 0.
+    first: Mutex<Option<Session>>,
+}
+
+impl OnnxBackend {
+    /// Loads the model a spec names (`runtime = "onnx"`).
+    pub fn load(spec: &ModelSpec) -> Result<OnnxBackend, OnnxError> {
+        let file = spec
+            .model_file
+            .as_ref()
+            .ok_or_else(|| OnnxError::Config(format!("model '{}' has no model_file", spec.name)))?;
+        let path = spec.resolve(file);
+        if !path.is_file() {
+            return Err(OnnxError::Model {
+                path,
+                message: "file not found (for models built at setup, run `bash scripts/setup.sh`)".into(),
+            });
+        }
+        let device = spec.device().map_err(OnnxError::Config)?;
+        let (session, device) = open_session(&path, device, spec.allow_cpu_fallback, spec.intra_op_threads)?;
+        Ok(OnnxBackend {
+            signature: signature_of(&session),
+            path,
+            device,
+            allow_cpu_fallback: spec.allow_cpu_fallback,
+            intra_threads: spec.intra_op_threads,
+            first: Mutex::new(Some(session)),
+        })
+    }
+
+    /// The device sessions actually run on (after any CPU fallback).
+    pub fn device(&self) -> Device {
+        self.device
+    }
+}
+
+impl Backend for OnnxBackend {
+    fn signature(&self) -> &ModelSignature {
+        &self.signature
+    }
+
+    fn describe(&self) -> String {
+        let threads = if self.intra_threads == 0 {
+            "default threads".to_string()
+        } else {
+            format!("{} intra-op threads", self.intra_threads)
+        };
+        format!("onnx {} ({threads})", self.device)
+    }
+
+    fn create_instance(&self, _index: usize) -> Result<Box<dyn Runtime>, BatchError> {
+        let reused = self.first.lock().map_or(None, |mut s| s.take());
+        let session = match reused {
+            Some(s) => s,
+            None => {
+                open_session(&self.path, self.device, self.allow_cpu_fallback, self.intra_threads)
+                    .map_err(|e| BatchError::fatal(e.to_string()))?
+                    .0
+            }
+        };
+        Ok(Box::new(OnnxInstance::new(session)))
+    }
+}
+
+/// One session, run on one instance thread.
+pub struct OnnxInstance {
+    session: Session,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+}
+
+impl OnnxInstance {
+    /// Wraps a session.
+    pub fn new(session: Session) -> OnnxInstance {
+        OnnxInstance {
+            inputs: session.inputs().iter().map(|o| o.name().to_string()).collect(),
+            outputs: session.outputs().iter().map(|o| o.name().to_string()).collect(),
+            session,
+        }
+    }
+
+    /// Runs already-stacked batch tensors and returns the batch outputs.
+    pub fn run_stacked(&mut self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, BatchError> {
+        let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
+        for (name, t) in inputs {
+            let v = to_ort(t).map_err(|e| BatchError::new(format!("input '{name}': {e}")))?;
+            values.push((Cow::Owned(name), SessionInputValue::from(v)));
+        }
+        let outputs = self.session.run(values).map_err(|e| BatchError::new(e.to_string()))?;
+        let mut out = Vec::with_capacity(self.outputs.len());
+        for name in &self.outputs {
+            let value = outputs
+                .get(name.as_str())
+                .ok_or_else(|| BatchError::new(format!("missing output '{name}'")))?;
+            out.push((
+                name.clone(),
+                from_ort(value).map_err(|e| BatchError::new(format!("output '{name}': {e}")))?,
+            ));
+        }
+        Ok(out)
+    }
+}
+
+impl Runtime for OnnxInstance {
+    fn run(&mut self, batch: &[&NamedTensors]) -> Result<Vec<Result<NamedTensors, ItemError>>, BatchError> {
+        let n = batch.len();
+        let mut stacked = Vec::with_capacity(self.inputs.len());
+        for name in &self.inputs {
+            let items: Vec<&Tensor> = batch
+                .iter()
+                .map(|item| {
+                    item.get(name)
+                        .ok_or_else(|| BatchError::new(format!("an item lacks input '{name}'")))
+                })
+                .collect::<Result<_, _>>()?;
+            let (t, _) = Tensor::stack(name, &items, 0.0).map_err(|e| BatchError::new(e.to_string()))?;
+            stacked.push((name.clone(), t));
+        }
+        let outputs = self.run_stacked(stacked)?;
+        let mut results: Vec<NamedTensors> = (0..n).map(|_| NamedTensors::new()).collect();
+        for (name, t) in outputs {
+            if t.shape.first() != Some(&n) {
+                return Err(BatchError::new(format!(
+                    "output '{name}' has shape {:?}, expected a batch dimension of {n}",
+                    t.shape
+                )));
+            }
+            for (item, part) in results.iter_mut().zip(t.split_first()) {
+                item.insert(name.clone(), part);
+            }
+        }
+        Ok(results.into_iter().map(Ok).collect())
+    }
+}
+
+fn to_ort(t: Tensor) -> Result<DynValue, ort::Error> {
+    let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+    Ok(match t.data {
+        TensorData::F32(v) => ort::value::Tensor::from_array((shape, v))?.into_dyn(),
+        TensorData::F64(v) => ort::value::Tensor::from_array((shape, v))?.into_dyn(),
+        TensorData::I64(v) => ort::value::Tensor::from_array((shape, v))?.into_dyn(),
+        TensorData::I32(v) => ort::value::Tensor::from_array((shape, v))?.into_dyn(),
+        TensorData::U8(v) => ort::value::Tensor::from_array((shape, v))?.into_dyn(),
+        TensorData::I8(v) => ort::value::Tensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Bool(v) => ort::value::Tensor::from_array((shape, v))?.into_dyn(),
+    })
+}
+
+fn from_ort(v: &DynValue) -> Result<Tensor, String> {
+    let ValueType::Tensor { ty, .. } = v.dtype() else {
+        return Err("not a tensor".into());
+    };
+    macro_rules! extract {
+        ($t:ty, $variant:ident) => {{
+            let (shape, data) = v.try_extract_tensor::<$t>().map_err(|e| e.to_string())?;
+            let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+            Tensor::new(shape, TensorData::$variant(data.to_vec())).map_err(|e| e.to_string())?
+        }};
+    }
+    Ok(match ty {
+        TensorElementType::Float32 => extract!(f32, F32),
+        TensorElementType::Float64 => extract!(f64, F64),
+        TensorElementType::Int64 => extract!(i64, I64),
+        TensorElementType::Int32 => extract!(i32, I32),
+        TensorElementType::Uint8 => extract!(u8, U8),
+        TensorElementType::Int8 => extract!(i8, I8),
+        TensorElementType::Bool => extract!(bool, Bool),
+        other => return Err(format!("unsupported output element type {other:?}")),
+    })
+}
