@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The test command: sets up what the tests need (ONNX Runtime library, built
+# models; quick when already done), then checks formatting and lints and runs
+# the whole test suite against real ONNX Runtime, real models and real data.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+echo "[test] cargo fmt --check"
+cargo fmt --all -- --check
+echo "[test] cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "[test] cargo test"
+cargo test --workspace "$@"
