@@ -2,12 +2,15 @@
 //!
 //! Subcommands: `run` (a streaming bulk run of one model over a file or a
 //! folder), `bench` (throughput per batch size, and against raw ONNX
-//! Runtime), `models` (list and inspect a model repository).
+//! Runtime), `models` (list and inspect a model repository), `serve` (the
+//! jobs server) and `jobs` (its client).
 
 mod bench;
 mod inputs;
+mod jobs;
 mod models;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -35,6 +38,15 @@ enum Command {
     /// List or inspect models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Serve the jobs API over HTTP.
+    Serve(serve::ServeArgs),
+    /// Submit and follow jobs on a running server.
+    Jobs {
+        #[command(flatten)]
+        server: jobs::ServerArg,
+        #[command(subcommand)]
+        command: jobs::JobsCommand,
+    },
 }
 
 /// Settings that override a model's `model.toml`.
@@ -123,6 +135,8 @@ fn main() -> anyhow::Result<()> {
             Command::Run(args) => run::run(args).await,
             Command::Bench(args) => bench::bench(args).await,
             Command::Models(cmd) => models::models(cmd).await,
+            Command::Serve(args) => serve::serve(args).await,
+            Command::Jobs { server, command } => jobs::jobs(server, command).await,
         }
     })
 }

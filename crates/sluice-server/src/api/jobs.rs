@@ -1,0 +1,615 @@
+//! The jobs API: create (inline, from a server-side source, or open for
+//! uploads), add inputs, close, follow, read results, cancel.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use sluice_store::{InputValue, ItemResult, Job, JobFilter, JobStatus, NewJob};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::{ApiError, ErrorBody};
+use crate::ingest;
+use crate::AppState;
+
+/// JSON extractor whose rejections become [`ApiError`]s.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    axum::Json<T>: FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(v) = Json::<T>::from_request(req, state).await?;
+        Ok(ApiJson(v))
+    }
+}
+
+/// `POST /v1/jobs` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJob {
+    /// Model name.
+    pub model: String,
+    /// Model version; default: the served one.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Inputs by key: a string (text), `{"base64": ..}` (bytes, e.g. an
+    /// image), `{"text": ..}`, or `{"tensor": ..}` / any array or object (tensor).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub inputs: Option<serde_json::Map<String, serde_json::Value>>,
+    /// A JSONL / CSV / text file or a folder on the server, under an allowed root.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Create an open job and add inputs with `POST /v1/jobs/{id}/inputs`.
+    #[serde(default)]
+    pub open: bool,
+    /// Time limit from creation; unfinished items then time out.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Higher runs more often when jobs share a model (0..9).
+    #[serde(default)]
+    pub priority: i32,
+    /// Free-form labels to filter by.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// Item counts of a job.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Counts {
+    /// Inputs in the job.
+    pub total: u64,
+    /// Not finished yet.
+    pub pending: u64,
+    /// Finished with a result.
+    pub completed: u64,
+    /// Finished with an error.
+    pub failed: u64,
+    /// Dropped by cancellation.
+    pub canceled: u64,
+    /// Dropped by the job's timeout.
+    pub timedout: u64,
+}
+
+/// Where a job's time went.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Timings {
+    /// Mean time an item waited for its batch, ms.
+    pub mean_queue_ms: f64,
+    /// Mean model time per item (batch time / batch size), ms.
+    pub mean_model_ms: f64,
+    /// Since the first item ran (or until the job ended), ms.
+    pub elapsed_ms: Option<i64>,
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobView {
+    /// Job id.
+    pub id: String,
+    /// Model name.
+    pub model: String,
+    /// Model version, if given.
+    pub version: Option<String>,
+    /// SUBMITTED, IN_PROGRESS, COMPLETED, CANCELED, TIMEDOUT or FAILED.
+    pub status: String,
+    /// Still taking inputs.
+    pub open: bool,
+    /// Scheduling priority.
+    pub priority: i32,
+    /// Labels.
+    pub tags: Vec<String>,
+    /// Time limit, ms.
+    pub timeout_ms: Option<u64>,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms of the first item fed.
+    pub started_at: Option<i64>,
+    /// Unix ms when it ended.
+    pub finished_at: Option<i64>,
+    /// Item counts.
+    pub counts: Counts,
+    /// Timings.
+    pub timings: Timings,
+    /// Finished items per second since start.
+    pub items_per_s: Option<f64>,
+    /// Estimated seconds to finish at the current rate.
+    pub eta_s: Option<f64>,
+}
+
+impl From<Job> for JobView {
+    fn from(j: Job) -> Self {
+        let finished = j.completed + j.failed;
+        let end = j.finished_at.unwrap_or_else(sluice_store::now_ms);
+        let elapsed_ms = j.started_at.map(|s| (end - s).max(0));
+        let items_per_s = elapsed_ms
+            .filter(|&e| e > 0)
+            .map(|e| (finished + j.canceled + j.timedout) as f64 * 1e3 / e as f64);
+        let pending = j.pending;
+        let eta_s = items_per_s
+            .filter(|r| *r > 0.0 && !j.status.is_terminal())
+            .map(|r| pending as f64 / r);
+        let mean = |total: f64| if finished == 0 { 0.0 } else { total / finished as f64 };
+        JobView {
+            counts: Counts {
+                total: j.total,
+                pending,
+                completed: j.completed,
+                failed: j.failed,
+                canceled: j.canceled,
+                timedout: j.timedout,
+            },
+            timings: Timings {
+                mean_queue_ms: mean(j.queue_ms_total),
+                mean_model_ms: mean(j.model_ms_total),
+                elapsed_ms,
+            },
+            items_per_s,
+            eta_s,
+            id: j.id,
+            model: j.model,
+            version: j.version,
+            status: j.status.as_str().to_string(),
+            open: j.open && !j.closed,
+            priority: j.priority,
+            tags: j.tags,
+            timeout_ms: j.timeout_ms,
+            created_at: j.created_at,
+            started_at: j.started_at,
+            finished_at: j.finished_at,
+        }
+    }
+}
+
+fn check_model(state: &AppState, model: &str, version: Option<&str>) -> Result<(), ApiError> {
+    let Some(m) = state.registry.get(model) else {
+        if let Some(err) = state.registry.failure(model) {
+            return Err(ApiError::Unavailable(format!("model '{model}' failed to load: {err}")));
+        }
+        let names: Vec<&String> = state.registry.entries().keys().collect();
+        return Err(ApiError::NotFound(format!(
+            "model '{model}' not found; models: {names:?}"
+        )));
+    };
+    if let Some(v) = version {
+        if v != m.spec().version {
+            return Err(ApiError::NotFound(format!(
+                "model '{model}' version '{v}' not found; served version: '{}'",
+                m.spec().version
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_inputs(state: &AppState, items: &[(String, InputValue)], existing: u64) -> Result<(), ApiError> {
+    let max = state.limits.max_inputs_per_job;
+    if existing + items.len() as u64 > max {
+        return Err(ApiError::TooLarge(format!("a job holds at most {max} inputs")));
+    }
+    for (key, v) in items {
+        if key.is_empty() {
+            return Err(ApiError::BadRequest("input keys must not be empty".into()));
+        }
+        let size = ingest::input_size(v);
+        if size > state.limits.max_input_bytes {
+            return Err(ApiError::TooLarge(format!(
+                "input '{key}' is {size} bytes; the limit is {} bytes",
+                state.limits.max_input_bytes
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Create a job.
+#[utoipa::path(post, path = "/v1/jobs", request_body = CreateJob,
+    responses((status = 201, body = JobView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<CreateJob>) -> Result<Response, ApiError> {
+    check_model(&state, &req.model, req.version.as_deref())?;
+    let modes = usize::from(req.inputs.is_some()) + usize::from(req.source.is_some()) + usize::from(req.open);
+    if modes != 1 {
+        return Err(ApiError::BadRequest(
+            "give exactly one of 'inputs', 'source' or 'open': true".into(),
+        ));
+    }
+    if !(0..=9).contains(&req.priority) {
+        return Err(ApiError::BadRequest("priority must be between 0 and 9".into()));
+    }
+    if req.timeout_ms == Some(0) {
+        return Err(ApiError::BadRequest("timeout_ms must be positive".into()));
+    }
+    let inline = match req.inputs {
+        Some(map) => {
+            if map.is_empty() {
+                return Err(ApiError::BadRequest("'inputs' is empty".into()));
+            }
+            let mut items = Vec::with_capacity(map.len());
+            for (k, v) in map {
+                let value =
+                    ingest::value_from_json(v).map_err(|e| ApiError::BadRequest(format!("input '{k}': {e}")))?;
+                items.push((k, value));
+            }
+            check_inputs(&state, &items, 0)?;
+            Some(items)
+        }
+        None => None,
+    };
+    let source = match &req.source {
+        Some(s) => Some(ingest::resolve_source(s, &state.source_roots)?),
+        None => None,
+    };
+    let job = state
+        .store
+        .create_job(NewJob {
+            model: req.model.clone(),
+            version: req.version,
+            priority: req.priority,
+            tags: req.tags,
+            timeout_ms: req.timeout_ms,
+            open: req.open,
+            source: req.source,
+        })
+        .await?;
+    let job = if let Some(items) = inline {
+        state.store.add_inputs(&job.id, items).await?;
+        let job = state.store.close_job(&job.id).await?;
+        state.scheduler.notify(&job.model);
+        job
+    } else if let Some(path) = source {
+        spawn_source_ingest(state.clone(), job.id.clone(), job.model.clone(), path);
+        job
+    } else {
+        job
+    };
+    let location = format!("/v1/jobs/{}", job.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(JobView::from(job)),
+    )
+        .into_response())
+}
+
+fn spawn_source_ingest(state: AppState, job_id: String, model: String, path: std::path::PathBuf) {
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let store = state.store.clone();
+        let max_input = state.limits.max_input_bytes;
+        let result = ingest::read_source(&path, 1000, max_input, |chunk| {
+            handle
+                .block_on(store.add_inputs(&job_id, chunk))
+                .map_err(|e| e.to_string())?;
+            state.scheduler.notify(&model);
+            Ok(())
+        });
+        match &result {
+            Ok(n) => tracing::info!(job = %job_id, inputs = n, source = %path.display(), "source ingested"),
+            Err(e) => tracing::error!(job = %job_id, error = %e, source = %path.display(), "source ingestion stopped"),
+        }
+        if let Err(e) = handle.block_on(store.close_job(&job_id)) {
+            tracing::error!(job = %job_id, error = %e, "cannot close job after ingestion");
+        }
+        state.scheduler.notify(&model);
+    });
+}
+
+/// Inputs added by an upload.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Added {
+    /// Inputs added by this request.
+    pub added: u64,
+    /// Inputs in the job now.
+    pub total: u64,
+}
+
+/// Add inputs to an open job: a JSONL body (one `{"key", "text" | "base64" |
+/// "tensor" | "value"}` per line) or multipart files (key = file name).
+#[utoipa::path(post, path = "/v1/jobs/{id}/inputs", params(("id" = String, Path, description = "Job id")),
+    request_body(content = String, content_type = "application/x-ndjson"),
+    responses((status = 200, body = Added), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub async fn add_inputs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Json<Added>, ApiError> {
+    let job = state
+        .store
+        .get_job(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job '{id}' not found")))?;
+    if !job.open || job.closed {
+        return Err(ApiError::Conflict(format!(
+            "job '{id}' does not take inputs: create it with \"open\": true and upload before closing it"
+        )));
+    }
+    let is_multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let mut items = Vec::new();
+    if is_multipart {
+        let mut mp = Multipart::from_request(req, &())
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        while let Some(field) = mp.next_field().await? {
+            let key = field
+                .file_name()
+                .or_else(|| field.name())
+                .map(str::to_string)
+                .ok_or_else(|| ApiError::BadRequest("each multipart part needs a file name or a field name".into()))?;
+            let data = field.bytes().await?;
+            items.push((key, InputValue::Bytes(data.to_vec())));
+        }
+    } else {
+        let body = Bytes::from_request(req, &()).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge(format!("request body too large: {}", e.body_text()))
+            } else {
+                ApiError::BadRequest(e.body_text())
+            }
+        })?;
+        let text =
+            std::str::from_utf8(&body).map_err(|_| ApiError::BadRequest("the JSONL body is not UTF-8".into()))?;
+        let offset = usize::try_from(job.total).unwrap_or(0);
+        for (i, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+            items.push(ingest::record_from_json(line, offset + i + 1).map_err(ApiError::BadRequest)?);
+        }
+    }
+    if items.is_empty() {
+        return Err(ApiError::BadRequest("no inputs in the request".into()));
+    }
+    check_inputs(&state, &items, job.total)?;
+    let added = state.store.add_inputs(&id, items).await?;
+    state.scheduler.notify(&job.model);
+    Ok(Json(Added {
+        added,
+        total: job.total + added,
+    }))
+}
+
+/// Close an open job: no more inputs; it completes when all have run.
+#[utoipa::path(post, path = "/v1/jobs/{id}/close", params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody)))]
+pub async fn close(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
+    let job = state.store.close_job(&id).await?;
+    state.scheduler.notify(&job.model);
+    Ok(Json(job.into()))
+}
+
+/// A job's status, counts, timings, rate and ETA.
+#[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody)))]
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
+    let job = state
+        .store
+        .get_job(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job '{id}' not found")))?;
+    Ok(Json(job.into()))
+}
+
+/// Cancel a job: items not yet run are dropped; a running batch finishes.
+#[utoipa::path(delete, path = "/v1/jobs/{id}", params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody)))]
+pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
+    let job = state.store.cancel_job(&id).await?;
+    state.scheduler.cancel(&job);
+    Ok(Json(job.into()))
+}
+
+/// `GET /v1/jobs` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only jobs in this status.
+    pub status: Option<String>,
+    /// Only jobs on this model.
+    pub model: Option<String>,
+    /// Only jobs with this tag.
+    pub tag: Option<String>,
+    /// Page size (default 50, at most 1000).
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of jobs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobList {
+    /// Newest first.
+    pub jobs: Vec<JobView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// List jobs, newest first, filtered and paged.
+#[utoipa::path(get, path = "/v1/jobs", params(ListQuery),
+    responses((status = 200, body = JobList), (status = 400, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<JobList>, ApiError> {
+    let Query(q) = q?;
+    let status = match q.status.as_deref() {
+        Some(s) => Some(
+            s.to_ascii_uppercase()
+                .parse::<JobStatus>()
+                .map_err(|_| ApiError::BadRequest(format!("unknown status '{s}'")))?,
+        ),
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest("limit must be between 1 and 1000".into()));
+    }
+    let (jobs, next_cursor) = state
+        .store
+        .list_jobs(JobFilter {
+            status,
+            model: q.model,
+            tag: q.tag,
+            limit: u32::try_from(limit).unwrap_or(1000),
+            cursor: q.cursor,
+        })
+        .await?;
+    Ok(Json(JobList {
+        jobs: jobs.into_iter().map(JobView::from).collect(),
+        next_cursor,
+    }))
+}
+
+/// One line of the results stream.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResultLine {
+    /// Input key.
+    pub key: String,
+    /// done, failed, canceled, timedout or pending.
+    pub state: String,
+    /// The output (for `done`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<serde_json::Value>,
+    /// The error (otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<serde_json::Value>,
+    /// Queue time, ms.
+    pub queue_ms: f64,
+    /// Model time per item, ms.
+    pub model_ms: f64,
+    /// Resume cursor: pass as `cursor` to continue after this line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<i64>,
+}
+
+impl From<ItemResult> for ResultLine {
+    fn from(r: ItemResult) -> Self {
+        ResultLine {
+            key: r.key,
+            state: r.state.as_str().to_string(),
+            output: r.output,
+            error: r
+                .error
+                .map(|e| serde_json::json!({"code": e.code, "message": e.message})),
+            queue_ms: r.queue_ms.unwrap_or(0.0),
+            model_ms: r.model_ms.unwrap_or(0.0),
+            cursor: r.done_seq,
+        }
+    }
+}
+
+/// `GET /v1/jobs/{id}/results` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsQuery {
+    /// Continue after this cursor (the `cursor` of the last line read).
+    pub cursor: Option<i64>,
+    /// Most lines to return (default: all).
+    pub limit: Option<u64>,
+    /// Keep the stream open until the job ends, sending results as they come.
+    #[serde(default)]
+    pub wait: bool,
+}
+
+/// Results as NDJSON, in completion order, resumable with `cursor`; readable
+/// while the job runs (`wait=true` follows it to the end).
+#[utoipa::path(get, path = "/v1/jobs/{id}/results", params(("id" = String, Path, description = "Job id"), ResultsQuery),
+    responses((status = 200, body = ResultLine, content_type = "application/x-ndjson"), (status = 404, body = ErrorBody)))]
+pub async fn results(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<ResultsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q?;
+    let job = state
+        .store
+        .get_job(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job '{id}' not found")))?;
+    let store = state.store.clone();
+    let page = 1000u64;
+    let init = (q.cursor, q.limit.unwrap_or(u64::MAX), false);
+    let stream = futures_util::stream::unfold(init, move |(cursor, left, done)| {
+        let store = store.clone();
+        let id = id.clone();
+        async move {
+            if done || left == 0 {
+                return None;
+            }
+            loop {
+                let n = u32::try_from(left.min(page)).unwrap_or(1000);
+                // Read the status first: results recorded before a terminal status are all visible below.
+                let terminal = match store.get_job(&id).await {
+                    Ok(Some(j)) => j.status.is_terminal(),
+                    _ => true,
+                };
+                let rows = match store.results(&id, cursor, n).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(job = %id, error = %e, "results stream stopped");
+                        return None;
+                    }
+                };
+                if !rows.is_empty() {
+                    let next = rows.last().and_then(|r| r.done_seq).or(cursor);
+                    let count = rows.len() as u64;
+                    let mut chunk = Vec::with_capacity(rows.len() * 128);
+                    for r in rows {
+                        if serde_json::to_writer(&mut chunk, &ResultLine::from(r)).is_ok() {
+                            chunk.push(b'\n');
+                        }
+                    }
+                    return Some((Ok::<_, Infallible>(Bytes::from(chunk)), (next, left - count, false)));
+                }
+                if !q.wait || terminal {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        "application/x-ndjson"
+            .parse()
+            .map_err(|_| ApiError::Internal("header".into()))?,
+    );
+    if let Ok(v) = job.status.as_str().parse() {
+        headers.insert("x-job-status", v);
+    }
+    Ok((headers, Body::from_stream(stream)).into_response())
+}
+
+/// One input's result (state `pending` while it waits).
+#[utoipa::path(get, path = "/v1/jobs/{id}/results/{key}",
+    params(("id" = String, Path, description = "Job id"), ("key" = String, Path, description = "Input key")),
+    responses((status = 200, body = ResultLine), (status = 404, body = ErrorBody)))]
+pub async fn result(
+    State(state): State<AppState>,
+    Path((id, key)): Path<(String, String)>,
+) -> Result<Json<ResultLine>, ApiError> {
+    if state.store.get_job(&id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("job '{id}' not found")));
+    }
+    let r = state
+        .store
+        .result(&id, &key)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job '{id}' has no input '{key}'")))?;
+    Ok(Json(r.into()))
+}

@@ -1,0 +1,179 @@
+//! Models and health endpoints.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, ErrorBody};
+use crate::registry::Entry;
+use crate::AppState;
+
+/// A model as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelView {
+    /// Name.
+    pub name: String,
+    /// Served version.
+    pub version: Option<String>,
+    /// Loaded and serving.
+    pub ready: bool,
+    /// Why it failed to load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Description from model.toml.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Where it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// Largest batch per call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch_size: Option<usize>,
+    /// Longest wait for a batch, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch_delay_ms: Option<u64>,
+    /// Parallel instances.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instances: Option<usize>,
+    /// Inputs, outputs and processing (detail view).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub signature: Option<serde_json::Value>,
+    /// Processing chain (detail view).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub processing: Option<serde_json::Value>,
+    /// Live counters (detail view).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub stats: Option<serde_json::Value>,
+}
+
+fn view(name: &str, entry: &Entry, detail: bool) -> ModelView {
+    match entry {
+        Entry::Ready(m) => {
+            let s = m.spec();
+            ModelView {
+                name: name.to_string(),
+                version: Some(s.version.clone()),
+                ready: true,
+                error: None,
+                description: Some(s.description.clone()).filter(|d| !d.is_empty()),
+                backend: Some(m.describe()),
+                max_batch_size: Some(s.max_batch_size),
+                max_batch_delay_ms: Some(s.max_batch_delay_ms),
+                instances: Some(s.instances),
+                signature: detail.then(|| serde_json::to_value(m.signature()).unwrap_or_default()),
+                processing: detail.then(|| serde_json::to_value(&s.processing).unwrap_or_default()),
+                stats: detail.then(|| {
+                    let st = m.stats();
+                    let mut v = serde_json::to_value(&st).unwrap_or_default();
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("mean_batch_size".into(), st.mean_batch_size().into());
+                        o.insert("padding_ratio".into(), st.padding_ratio().into());
+                    }
+                    v
+                }),
+            }
+        }
+        Entry::Failed { spec, error } => ModelView {
+            name: name.to_string(),
+            version: spec.as_ref().map(|s| s.version.clone()),
+            ready: false,
+            error: Some(error.clone()),
+            description: None,
+            backend: None,
+            max_batch_size: spec.as_ref().map(|s| s.max_batch_size),
+            max_batch_delay_ms: None,
+            instances: None,
+            signature: None,
+            processing: None,
+            stats: None,
+        },
+    }
+}
+
+/// Served models.
+#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = Vec<ModelView>)))]
+pub async fn list(State(state): State<AppState>) -> Json<Vec<ModelView>> {
+    Json(
+        state
+            .registry
+            .entries()
+            .iter()
+            .map(|(n, e)| view(n, e, false))
+            .collect(),
+    )
+}
+
+/// One model: settings, inputs and outputs, live counters.
+#[utoipa::path(get, path = "/v1/models/{name}", params(("name" = String, Path, description = "Model name")),
+    responses((status = 200, body = ModelView), (status = 404, body = ErrorBody)))]
+pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<ModelView>, ApiError> {
+    let entry = state
+        .registry
+        .entries()
+        .get(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("model '{name}' not found")))?;
+    Ok(Json(view(&name, entry, true)))
+}
+
+/// Liveness / readiness body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// "ok" or "unavailable".
+    pub status: &'static str,
+    /// Models serving.
+    pub ready_models: Vec<String>,
+    /// Models that failed to load.
+    pub failed_models: Vec<String>,
+}
+
+fn health(state: &AppState) -> Health {
+    let mut ready = Vec::new();
+    let mut failed = Vec::new();
+    for (n, e) in state.registry.entries() {
+        match e {
+            Entry::Ready(_) => ready.push(n.clone()),
+            Entry::Failed { .. } => failed.push(n.clone()),
+        }
+    }
+    Health {
+        status: if ready.is_empty() { "unavailable" } else { "ok" },
+        ready_models: ready,
+        failed_models: failed,
+    }
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
+pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
+    let mut h = health(&state);
+    h.status = "ok";
+    Json(h)
+}
+
+/// Ready to serve: at least one model loaded and the store answering.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, body = Health), (status = 503, body = Health)))]
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    let mut h = health(&state);
+    if state
+        .store
+        .list_jobs(sluice_store::JobFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .is_err()
+    {
+        h.status = "unavailable";
+    }
+    let code = if h.status == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(h))
+}

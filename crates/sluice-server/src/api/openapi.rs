@@ -1,0 +1,46 @@
+//! The OpenAPI document, generated from the handlers' annotations.
+
+use axum::Json;
+use utoipa::OpenApi;
+
+use super::{jobs, models};
+use crate::error::{ErrorBody, ErrorDetail};
+
+/// The API description.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Sluice", description = "Batch inference: bulk jobs over batched models."),
+    paths(
+        jobs::create,
+        jobs::list,
+        jobs::get,
+        jobs::cancel,
+        jobs::add_inputs,
+        jobs::close,
+        jobs::results,
+        jobs::result,
+        models::list,
+        models::get,
+        models::healthz,
+        models::readyz
+    ),
+    components(schemas(
+        ErrorBody,
+        ErrorDetail,
+        jobs::CreateJob,
+        jobs::JobView,
+        jobs::Counts,
+        jobs::Timings,
+        jobs::JobList,
+        jobs::Added,
+        jobs::ResultLine,
+        models::ModelView,
+        models::Health
+    ))
+)]
+pub struct ApiDoc;
+
+/// `GET /openapi.json`
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

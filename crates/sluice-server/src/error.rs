@@ -1,0 +1,131 @@
+//! The API's one error type and its mapping to HTTP, in one place.
+//!
+//! Every handler returns `Result<_, ApiError>`; the body is always
+//! `{"error": {"code": "...", "message": "..."}}`. Bad requests map to 4xx
+//! with a message naming the problem; only failures of Sluice itself (the
+//! store unreachable) are 5xx.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use sluice_store::StoreError;
+use utoipa::ToSchema;
+
+/// An API error.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed request (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Unknown job, model or item (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// Not allowed (403), e.g. a source path outside the allowed roots.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request conflicts with the job's state (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// Body or input too large (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// Not ready to serve (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A failure of Sluice itself (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The error body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Code and message.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code (`bad_request`, `not_found`, ...).
+    pub code: &'static str,
+    /// What is wrong, for humans.
+    pub message: String,
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: self.to_string(),
+            },
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(m) => ApiError::NotFound(m),
+            StoreError::DuplicateKey(k) => ApiError::BadRequest(format!("duplicate input key '{k}'")),
+            StoreError::Conflict(m) => ApiError::Conflict(m),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::TooLarge(format!("request body too large: {}", b.body_text()))
+            }
+            other => ApiError::BadRequest(format!("invalid JSON body: {}", other.body_text())),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::BadRequest(format!("invalid query: {}", r.body_text()))
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::BadRequest(format!("invalid path: {}", r.body_text()))
+    }
+}
+
+impl From<axum::extract::multipart::MultipartError> for ApiError {
+    fn from(e: axum::extract::multipart::MultipartError) -> Self {
+        let status = e.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(format!("upload too large: {}", e.body_text()))
+        } else {
+            ApiError::BadRequest(format!("invalid multipart body: {}", e.body_text()))
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Sluice's HTTP server: the bulk jobs API over the engine and the store.
+//!
+//! [`app`] builds the router from an [`AppState`] so tests can drive it
+//! without a socket; [`serve`] loads models, opens the store, starts the
+//! scheduler and serves until a shutdown signal, then drains gracefully.
+
+pub mod api;
+pub mod error;
+pub mod ingest;
+pub mod registry;
+pub mod scheduler;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+use sluice_store::Store;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+pub use registry::Registry;
+pub use scheduler::{Scheduler, SchedulerConfig};
+
+/// Limits on what one request may carry.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Largest single input in bytes.
+    pub max_input_bytes: usize,
+    /// Most inputs in one job.
+    pub max_inputs_per_job: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 64 << 20,
+            max_input_bytes: 16 << 20,
+            max_inputs_per_job: 50_000_000,
+        }
+    }
+}
+
+/// Server configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Model repository.
+    pub models: PathBuf,
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Folders from which `source` jobs may read files.
+    pub source_roots: Vec<PathBuf>,
+    /// Request limits.
+    pub limits: Limits,
+    /// How long shutdown waits for running batches.
+    pub shutdown_grace: Duration,
+    /// Scheduler tuning.
+    pub scheduler: SchedulerConfig,
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// Served models.
+    pub registry: Arc<Registry>,
+    /// The job store.
+    pub store: Arc<dyn Store>,
+    /// Feeds the engine from the store.
+    pub scheduler: Arc<Scheduler>,
+    /// Canonical folders `source` jobs may read.
+    pub source_roots: Arc<Vec<PathBuf>>,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+/// The router with every route and layer.
+pub fn app(state: AppState) -> Router {
+    let limit = state.limits.max_body_bytes;
+    api::routes()
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-")
+                    .to_string();
+                tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The models folder could not be read.
+    #[error("cannot read models folder {path}: {source}")]
+    Models {
+        /// The folder.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error("cannot open the store in {path}: {message}")]
+    Store {
+        /// The data dir.
+        path: PathBuf,
+        /// Cause.
+        message: String,
+    },
+    /// The socket could not be bound or served.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Settles jobs whose creation a crash interrupted: an inline job stores all
+/// its inputs in one transaction before it is closed, so it is closed now; a
+/// `source` job whose file was only partly read is canceled rather than run on
+/// part of its inputs (resubmit it).
+async fn recover_unclosed(store: &dyn Store) {
+    let Ok(active) = store.active_jobs().await else { return };
+    for job in active.into_iter().filter(|j| !j.open && !j.closed) {
+        let outcome = if job.source.is_some() {
+            tracing::warn!(job = %job.id, "reading the job's source was interrupted by a restart; canceling it");
+            store.cancel_job(&job.id).await
+        } else {
+            store.close_job(&job.id).await
+        };
+        if let Err(e) = outcome {
+            tracing::error!(job = %job.id, error = %e, "cannot settle an interrupted job");
+        }
+    }
+}
+
+/// Loads everything, serves until `shutdown` resolves, then drains.
+pub async fn serve(
+    cfg: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let store = sluice_store::SqliteStore::open(&cfg.data_dir)
+        .await
+        .map_err(|e| ServeError::Store {
+            path: cfg.data_dir.clone(),
+            message: e.to_string(),
+        })?;
+    let store: Arc<dyn Store> = Arc::new(store);
+    let registry = Arc::new(Registry::load(&cfg.models).await.map_err(|source| ServeError::Models {
+        path: cfg.models.clone(),
+        source,
+    })?);
+    recover_unclosed(store.as_ref()).await;
+    let scheduler = Scheduler::start(store.clone(), &registry, cfg.scheduler.clone());
+    let roots = cfg
+        .source_roots
+        .iter()
+        .filter_map(|r| match r.canonicalize() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(root = %r.display(), error = %e, "source root ignored");
+                None
+            }
+        })
+        .collect();
+    let state = AppState {
+        registry: registry.clone(),
+        store,
+        scheduler: scheduler.clone(),
+        source_roots: Arc::new(roots),
+        limits: cfg.limits.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().unwrap_or(cfg.listen);
+    tracing::info!(%addr, models = registry.entries().len(), "sluice serving");
+    eprintln!("sluice listening on http://{addr}");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| ServeError::Listen { addr, source })?;
+    tracing::info!("shutting down: finishing running batches");
+    scheduler.shutdown(&registry, cfg.shutdown_grace).await;
+    Ok(())
+}

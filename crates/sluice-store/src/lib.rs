@@ -1,0 +1,115 @@
+//! Durable store of Sluice bulk jobs.
+//!
+//! A bulk job is a model name plus many named inputs. The server streams a job's pending items into
+//! the engine and writes each result back as it completes; the process may be killed (`kill -9`) at
+//! any moment, and on restart every job must resume with every input ending with exactly one result
+//! or one failure. This crate is where that guarantee lives: the [`Store`] trait (used as
+//! `Arc<dyn Store>`, so a PostgreSQL backend can come later) and [`SqliteStore`], its SQLite
+//! implementation (`<data_dir>/sluice.db`, WAL mode, `synchronous=NORMAL`, schema migrations embedded
+//! from `crates/sluice-store/migrations/`).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sluice_store::StoreError> {
+//! use std::sync::Arc;
+//! use sluice_store::{Completion, InputValue, NewJob, SqliteStore, Store};
+//!
+//! let store: Arc<dyn Store> = Arc::new(SqliteStore::open("/var/lib/sluice".as_ref()).await?);
+//! let job = store.create_job(NewJob { model: "embed".into(), ..NewJob::default() }).await?;
+//! store.add_inputs(&job.id, vec![("a".into(), InputValue::Text("hello".into()))]).await?;
+//! store.close_job(&job.id).await?;
+//! for item in store.pending_items(&job.id, None, 1_000).await? {
+//!     let output = serde_json::json!({ "len": 5 }); // run the model here
+//!     store.record(vec![Completion::done(&job.id, item.seq, output, 3.0, 7.0)]).await?;
+//! }
+//! let results = store.results(&job.id, None, 1_000).await?;
+//! # let _ = results;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Schema
+//!
+//! - `jobs`: one row per job. `pk` is an internal integer key (monotonic: creation order) that items
+//!   refer to; `id` is the public random 128-bit id (32 hex digits). Besides the submitted fields it
+//!   holds `open` (submitted as an open job), `closed` (no more inputs), `status`, the times (unix
+//!   milliseconds, UTC: `created_at`, `started_at`, `finished_at`) and the counters `total`,
+//!   `completed`, `failed`, `canceled`, `timedout`, `queue_ms_total`, `model_ms_total`. `pending` is
+//!   not stored: it is `total` minus the four finished counters.
+//! - `job_tags`: `(tag, job_pk)`, for listing jobs by tag.
+//! - `items`: one row per input: `job_pk`, `seq` (0-based insertion order within the job), `key`
+//!   (unique within the job, by the index `items_key`), the input as `input_kind` (`text`, `bytes`,
+//!   `json`) plus a BLOB, `state` (`pending`, `done`, `failed`, `canceled`, `timedout`), and once
+//!   finished `output` (JSON text), `error_code`, `error_message`, `queue_ms`, `model_ms` and
+//!   `done_seq`. Two partial indexes keep big jobs fast: `items_pending (job_pk, seq) WHERE state =
+//!   'pending'` (the feeder's stream and the target of `record`) and `items_done (job_pk, done_seq)
+//!   WHERE done_seq IS NOT NULL` (the results stream). A 10-million-item job is read and updated
+//!   through index searches only; a unit test checks the query plans.
+//!
+//! # Invariants
+//!
+//! Every statement that moves items out of `pending` runs in the same transaction as the update of
+//! the job's counters, which grow by exactly the number of rows that statement changed. Hence, at
+//! every commit:
+//!
+//! 1. each job counter equals the number of its items in that state, and `pending` is the number of
+//!    its pending items;
+//! 2. the `done_seq`s of a job's finished items are exactly `0, 1, …, finished - 1` (the next one is
+//!    always the current number of finished items; uniqueness is also enforced by `items_done`);
+//! 3. an item leaves `pending` once and never changes again.
+//!
+//! Job status moves `SUBMITTED` → `IN_PROGRESS` (on [`Store::mark_started`] or the first recorded
+//! result) → terminal. A job becomes `COMPLETED` when it is closed and has no pending item (checked
+//! by `close_job` and by every `record`), or `FAILED` instead if it has inputs and none succeeded. A
+//! job closed with no input at all completes at once, as `COMPLETED` with `total` 0. `cancel_job` /
+//! `timeout_job` turn every pending item into `canceled` / `timedout` (each with a `done_seq` and an
+//! error code of that name) and the job into `CANCELED` / `TIMEDOUT`; on a terminal job they change
+//! nothing.
+//!
+//! # Exactly once
+//!
+//! The engine executes items *at least* once: after a crash, items that were in flight (fed, maybe
+//! computed, not yet recorded) are fed again. Results are *recorded* exactly once:
+//!
+//! - Nothing is marked "taken" when an item is fed. Whatever was not committed as finished before
+//!   the crash is still `pending`, so after a restart [`Store::active_jobs`] lists the job and
+//!   [`Store::pending_items`] from the start returns exactly the items without an outcome: none is
+//!   lost.
+//! - [`Store::record`] updates an item only `WHERE state = 'pending'`, in one transaction for the
+//!   whole batch, and counts only the rows it changed. A completion for an item that already has an
+//!   outcome (a re-run after a crash, a duplicate in the same batch, a late result after a cancel)
+//!   changes nothing: none is written twice and no counter drifts.
+//! - A transaction is all or nothing. `kill -9` in the middle of one leaves the database as of the
+//!   last commit; SQLite's WAL recovery on the next open discards the partial transaction. With
+//!   `synchronous=NORMAL` a commit survives the process being killed (it is in the WAL, in the OS
+//!   cache); only an OS crash or power loss may lose the last few commits, which rolls those items
+//!   back to `pending`: they are re-run and recorded once, so the guarantee still holds.
+//! - [`Store::add_inputs`] is atomic too (a duplicate key aborts the whole call), so a job never holds
+//!   half of a chunk.
+//!
+//! # Cursors
+//!
+//! - **Feeder** — `seq`: [`Store::pending_items`]`(job, after_seq, limit)` returns pending items in
+//!   `seq` order after the cursor. The feeder keeps the cursor in memory; the store keeps no
+//!   per-consumer state. Items finished meanwhile simply drop out of later pages.
+//! - **Results** — `done_seq`: [`Store::results`]`(job, after_done_seq, limit)` returns finished items
+//!   in completion order. Since `done_seq`s are assigned in increasing order at commit and never
+//!   reused, a reader that passes the last `done_seq` it saw gets every outcome exactly once, even
+//!   while results keep arriving, and can resume from a saved cursor after any interruption.
+//! - **Job list** — [`Store::list_jobs`] pages newest first by keyset on the internal `pk`; its
+//!   `next_cursor` is an opaque string.
+//!
+//! # Concurrency
+//!
+//! [`SqliteStore`] writes through a single connection with `BEGIN IMMEDIATE` transactions, so writers
+//! queue in-process and a second process would wait on the busy timeout; reads use a separate pool
+//! and, in WAL mode, never block writes.
+
+mod error;
+mod sqlite;
+mod store;
+mod types;
+
+pub use error::StoreError;
+pub use sqlite::{now_ms, SqliteStore, DB_FILE_NAME};
+pub use store::Store;
+pub use types::{Completion, InputValue, ItemError, ItemResult, ItemRow, ItemState, Job, JobFilter, JobStatus, NewJob};

@@ -1,0 +1,812 @@
+//! The SQLite implementation of [`Store`]: one database file, `sluice.db`, in the server's data
+//! directory. It exists so that a single-node server needs no database service, while keeping every
+//! guarantee of the trait across `kill -9` (see the crate documentation for the argument).
+//!
+//! All writes go through one connection (a pool of size 1) and start with `BEGIN IMMEDIATE`, so
+//! in-process writers queue instead of failing with `SQLITE_BUSY`, and a second process would wait
+//! on the busy timeout rather than break a transaction half-way. Reads use a separate pool; in WAL
+//! mode they never block the writer nor wait for it.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqlitePool};
+
+use crate::{
+    Completion, InputValue, ItemError, ItemResult, ItemRow, ItemState, Job, JobFilter, JobStatus, NewJob, Store,
+    StoreError,
+};
+
+/// The schema, embedded from `crates/sluice-store/migrations/` and applied by [`SqliteStore::open`].
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Name of the database file inside the data directory.
+pub const DB_FILE_NAME: &str = "sluice.db";
+
+/// How long a statement waits for a lock held by another connection or process.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Size of the read pool.
+const READ_CONNECTIONS: u32 = 4;
+
+/// Rows per multi-row `INSERT` in [`Store::add_inputs`] (5 bound values each).
+const INSERT_ROWS_PER_STATEMENT: usize = 100;
+
+/// Columns of `jobs`, in the order [`job_from_row`] reads them.
+const JOB_COLUMNS: &str = "pk, id, model, version, status, open, closed, priority, tags, timeout_ms, source, \
+     created_at, started_at, finished_at, total, completed, failed, canceled, timedout, queue_ms_total, model_ms_total";
+
+/// Columns of `items`, in the order [`result_from_row`] reads them.
+const RESULT_COLUMNS: &str = "seq, key, state, output, error_code, error_message, queue_ms, model_ms, done_seq";
+
+/// The feeder's page: pending items after a seq, through the partial index of pending items.
+const PENDING_ITEMS_SQL: &str = "SELECT seq, key, input_kind, input FROM items INDEXED BY items_pending \
+     WHERE job_pk = ?1 AND state = 'pending' AND seq > ?2 ORDER BY seq LIMIT ?3";
+
+/// `record`, step 1: the rowids of the given seqs (a JSON array) that are still pending. `CROSS JOIN`
+/// keeps the batch as the outer loop, so each item is one index probe.
+const PENDING_ROWIDS_SQL: &str = "SELECT items.seq, items.rowid FROM json_each(?1) AS c \
+     CROSS JOIN items INDEXED BY items_pending \
+     ON items.job_pk = ?2 AND items.seq = c.value AND items.state = 'pending'";
+
+/// `record`, step 2: one UPDATE for the batch, a JSON array of
+/// `[rowid, state, output, error_code, error_message, queue_ms, model_ms, done_seq]`, each row still
+/// guarded by `state = 'pending'`.
+const RECORD_ITEMS_SQL: &str = "UPDATE items SET state = c.value ->> 1, output = c.value ->> 2, \
+     error_code = c.value ->> 3, error_message = c.value ->> 4, queue_ms = c.value ->> 5, \
+     model_ms = c.value ->> 6, done_seq = c.value ->> 7 \
+     FROM json_each(?1) AS c WHERE items.rowid = c.value ->> 0 AND items.state = 'pending'";
+
+/// The results page: finished items after a done_seq, through the partial index of finished items.
+const RESULTS_SQL: &str = "SELECT seq, key, state, output, error_code, error_message, queue_ms, model_ms, done_seq \
+     FROM items INDEXED BY items_done WHERE job_pk = ?1 AND done_seq > ?2 ORDER BY done_seq LIMIT ?3";
+
+/// Cancel / timeout: every pending item of a job takes the final state, numbered from a base
+/// done_seq in seq order.
+const END_ITEMS_SQL: &str = "UPDATE items SET state = ?1, error_code = ?2, error_message = ?3, \
+     done_seq = ?4 + r.rn - 1 \
+     FROM (SELECT rowid AS rid, row_number() OVER (ORDER BY seq) AS rn \
+           FROM items INDEXED BY items_pending WHERE job_pk = ?5 AND state = 'pending') AS r \
+     WHERE items.rowid = r.rid";
+
+/// The statuses of jobs that are not finished, as an SQL list.
+const ACTIVE_STATUSES: &str = "('SUBMITTED', 'IN_PROGRESS')";
+
+/// A [`Store`] kept in a SQLite database file (WAL mode, `synchronous=NORMAL`).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `data_dir/sluice.db`, creating `data_dir` too, and brings its schema
+    /// up to date. Opening the same directory after a crash resumes every job where it stood.
+    pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir)?;
+        let path = data_dir.join(DB_FILE_NAME);
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true)
+            .pragma("cache_size", "-32768");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone())
+            .await?;
+        MIGRATOR.run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READ_CONNECTIONS)
+            .connect_with(options)
+            .await?;
+        tracing::info!(path = %path.display(), "job store opened");
+        Ok(SqliteStore { writer, reader, path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Closes every connection, waiting for those in use to be returned. Not needed for durability
+    /// (each committed transaction is in the WAL already); it lets a test or a clean shutdown release
+    /// the file.
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+
+    /// Starts a write transaction (`BEGIN IMMEDIATE`). Dropping it without `commit` rolls back.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// Ends a job that is not terminal yet: its pending items take `state`, the job `status`.
+    async fn end_job(&self, job_id: &str, state: ItemState, status: JobStatus) -> Result<Job, StoreError> {
+        let (code, message, counter) = match state {
+            ItemState::Canceled => ("canceled", "the job was canceled before this item finished", "canceled"),
+            ItemState::Timedout => ("timedout", "the job timed out before this item finished", "timedout"),
+            other => return Err(StoreError::Invalid(format!("cannot end a job with items {other}"))),
+        };
+        let mut tx = self.begin_write().await?;
+        let conn: &mut SqliteConnection = &mut tx;
+        let (pk, job) = load_job(conn, job_id).await?;
+        if job.status.is_terminal() {
+            return Ok(job);
+        }
+        let base = finished_count(&job)?;
+        let now = now_ms();
+        let ended = sqlx::query(END_ITEMS_SQL)
+            .bind(state.as_str())
+            .bind(code)
+            .bind(message)
+            .bind(base)
+            .bind(pk)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        sqlx::query(&format!(
+            "UPDATE jobs SET {counter} = {counter} + ?1, status = ?2, closed = 1, finished_at = ?3 WHERE pk = ?4"
+        ))
+        .bind(to_i64(ended)?)
+        .bind(status.as_str())
+        .bind(now)
+        .bind(pk)
+        .execute(&mut *conn)
+        .await?;
+        tracing::info!(job_id = %job_id, %status, items = ended, "job ended");
+        let value = load_job(conn, job_id).await?.1;
+        tx.commit().await?;
+        Ok(value)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_job(&self, new: NewJob) -> Result<Job, StoreError> {
+        if new.model.trim().is_empty() {
+            return Err(StoreError::Invalid("a job needs a model name".into()));
+        }
+        let timeout_ms = new.timeout_ms.map(to_i64).transpose()?;
+        let mut seen = HashSet::new();
+        let tags: Vec<String> = new.tags.into_iter().filter(|tag| seen.insert(tag.clone())).collect();
+        let tags_json = serde_json::to_string(&tags).map_err(|e| StoreError::Invalid(format!("tags: {e}")))?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let created_at = now_ms();
+        let mut tx = self.begin_write().await?;
+        let conn: &mut SqliteConnection = &mut tx;
+        let pk: i64 = sqlx::query_scalar(
+            "INSERT INTO jobs (id, model, version, status, open, priority, tags, timeout_ms, source, \
+                 created_at) VALUES (?1, ?2, ?3, 'SUBMITTED', ?4, ?5, ?6, ?7, ?8, ?9) RETURNING pk",
+        )
+        .bind(&id)
+        .bind(&new.model)
+        .bind(&new.version)
+        .bind(new.open)
+        .bind(new.priority)
+        .bind(&tags_json)
+        .bind(timeout_ms)
+        .bind(&new.source)
+        .bind(created_at)
+        .fetch_one(&mut *conn)
+        .await?;
+        for tag in &tags {
+            sqlx::query("INSERT INTO job_tags (job_pk, tag) VALUES (?1, ?2)")
+                .bind(pk)
+                .bind(tag)
+                .execute(&mut *conn)
+                .await?;
+        }
+        let job = load_job(conn, &id).await?.1;
+        tx.commit().await?;
+        tracing::debug!(job_id = %job.id, model = %job.model, "job created");
+        Ok(job)
+    }
+
+    async fn add_inputs(&self, job_id: &str, inputs: Vec<(String, InputValue)>) -> Result<u64, StoreError> {
+        // Duplicates within the call are found here, so the key can be named precisely.
+        let mut keys = HashSet::with_capacity(inputs.len());
+        for (key, _) in &inputs {
+            if !keys.insert(key.as_str()) {
+                return Err(StoreError::DuplicateKey(key.clone()));
+            }
+        }
+        drop(keys);
+        let mut rows = Vec::with_capacity(inputs.len());
+        for (key, value) in inputs {
+            let (kind, blob) = value.to_blob()?;
+            rows.push((key, kind, blob));
+        }
+        let mut tx = self.begin_write().await?;
+        let conn: &mut SqliteConnection = &mut tx;
+        let (pk, job) = load_job(conn, job_id).await?;
+        if job.status.is_terminal() {
+            return Err(StoreError::Conflict(format!(
+                "job {job_id} is {}: it takes no inputs",
+                job.status
+            )));
+        }
+        if job.closed {
+            return Err(StoreError::Conflict(format!(
+                "job {job_id} is closed: it takes no more inputs"
+            )));
+        }
+        let added = to_i64(rows.len() as u64)?;
+        let mut seq = to_i64(job.total)?;
+        for chunk in rows.chunks(INSERT_ROWS_PER_STATEMENT) {
+            let mut sql = String::from("INSERT INTO items (job_pk, seq, key, input_kind, input) VALUES ");
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str("(?,?,?,?,?)");
+            }
+            let mut query = sqlx::query(&sql);
+            for (key, kind, blob) in chunk {
+                query = query.bind(pk).bind(seq).bind(key).bind(*kind).bind(blob);
+                seq += 1;
+            }
+            if let Err(err) = query.execute(&mut *conn).await {
+                if is_unique_violation(&err) {
+                    return Err(StoreError::DuplicateKey(existing_key(conn, pk, chunk).await?));
+                }
+                return Err(err.into());
+            }
+        }
+        sqlx::query("UPDATE jobs SET total = total + ?1 WHERE pk = ?2")
+            .bind(added)
+            .bind(pk)
+            .execute(&mut *conn)
+            .await?;
+        tracing::debug!(job_id = %job_id, added, "inputs added");
+        let value = rows.len() as u64;
+        tx.commit().await?;
+        Ok(value)
+    }
+
+    async fn close_job(&self, job_id: &str) -> Result<Job, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let conn: &mut SqliteConnection = &mut tx;
+        let (pk, job) = load_job(conn, job_id).await?;
+        if job.closed || job.status.is_terminal() {
+            return Ok(job);
+        }
+        sqlx::query("UPDATE jobs SET closed = 1 WHERE pk = ?1")
+            .bind(pk)
+            .execute(&mut *conn)
+            .await?;
+        finish_if_done(conn, pk, now_ms()).await?;
+        let job = load_job(conn, job_id).await?.1;
+        tracing::debug!(job_id = %job_id, total = job.total, status = %job.status, "job closed");
+        let value = job;
+        tx.commit().await?;
+        Ok(value)
+    }
+
+    async fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        Ok(find_job(&mut conn, job_id).await?.map(|(_, job)| job))
+    }
+
+    async fn list_jobs(&self, filter: JobFilter) -> Result<(Vec<Job>, Option<String>), StoreError> {
+        let before = match &filter.cursor {
+            None => None,
+            Some(cursor) => Some(
+                cursor
+                    .parse::<i64>()
+                    .map_err(|_| StoreError::Invalid(format!("bad job list cursor {cursor:?}")))?,
+            ),
+        };
+        let limit = filter.effective_limit();
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs \
+             WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR model = ?2) \
+               AND (?3 IS NULL OR pk IN (SELECT job_pk FROM job_tags WHERE tag = ?3)) \
+               AND (?4 IS NULL OR pk < ?4) \
+             ORDER BY pk DESC LIMIT ?5"
+        ))
+        .bind(filter.status.map(JobStatus::as_str))
+        .bind(&filter.model)
+        .bind(&filter.tag)
+        .bind(before)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
+        let next = if jobs.len() > limit as usize {
+            jobs.truncate(limit as usize);
+            jobs.last().map(|(pk, _)| pk.to_string())
+        } else {
+            None
+        };
+        Ok((jobs.into_iter().map(|(_, job)| job).collect(), next))
+    }
+
+    async fn active_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE status IN {ACTIVE_STATUSES} ORDER BY priority DESC, pk ASC"
+        ))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(|row| job_from_row(row).map(|(_, job)| job)).collect()
+    }
+
+    async fn pending_items(
+        &self,
+        job_id: &str,
+        after_seq: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<ItemRow>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        let pk = job_pk(&mut conn, job_id).await?;
+        let rows = sqlx::query(PENDING_ITEMS_SQL)
+            .bind(pk)
+            .bind(after_seq.unwrap_or(-1))
+            .bind(i64::from(limit))
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                let kind: String = row.try_get(2)?;
+                Ok(ItemRow {
+                    job_id: job_id.to_owned(),
+                    seq: row.try_get(0)?,
+                    key: row.try_get(1)?,
+                    input: InputValue::from_blob(&kind, row.try_get(3)?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn record(&self, completions: Vec<Completion>) -> Result<u64, StoreError> {
+        if completions.is_empty() {
+            return Ok(0);
+        }
+        // Everything that can be checked without the database is checked before the transaction.
+        let mut prepared = Vec::with_capacity(completions.len());
+        for c in completions {
+            if !matches!(c.state, ItemState::Done | ItemState::Failed) {
+                return Err(StoreError::Invalid(format!(
+                    "a completion must be done or failed, not {} (job {}, seq {})",
+                    c.state, c.job_id, c.seq
+                )));
+            }
+            let output = c
+                .output
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(|e| StoreError::Invalid(format!("output of job {} seq {}: {e}", c.job_id, c.seq)))?;
+            prepared.push((c, output));
+        }
+        // Group by job, keeping the given order within each job (it becomes the done_seq order).
+        let mut groups: Vec<(&str, Vec<&(Completion, Option<String>)>)> = Vec::new();
+        let mut group_of: HashMap<&str, usize> = HashMap::new();
+        for p in &prepared {
+            let job_id = p.0.job_id.as_str();
+            let i = *group_of.entry(job_id).or_insert_with(|| {
+                groups.push((job_id, Vec::new()));
+                groups.len() - 1
+            });
+            groups[i].1.push(p);
+        }
+
+        let mut tx = self.begin_write().await?;
+        let conn: &mut SqliteConnection = &mut tx;
+        let now = now_ms();
+        let mut recorded = 0u64;
+        for (job_id, group) in groups {
+            let Some((pk, job)) = find_job(conn, job_id).await? else {
+                tracing::warn!(
+                    job_id,
+                    count = group.len(),
+                    "completions for an unknown job are ignored"
+                );
+                continue;
+            };
+            if job.pending == 0 {
+                continue;
+            }
+            // Which of these items are still pending (the guard that makes recording idempotent)...
+            let seqs: Vec<i64> = group.iter().map(|(c, _)| c.seq).collect();
+            let mut pending: HashMap<i64, i64> = sqlx::query_as::<_, (i64, i64)>(PENDING_ROWIDS_SQL)
+                .bind(json_text(&seqs)?)
+                .bind(pk)
+                .fetch_all(&mut *conn)
+                .await?
+                .into_iter()
+                .collect();
+            // ...then one UPDATE for all of them, each with the next done_seq. The first completion
+            // of an item in the call wins; later ones are no-ops, as they would be in a later call.
+            let mut next_done_seq = finished_count(&job)?;
+            let (mut completed, mut failed, mut queue_ms, mut model_ms) = (0i64, 0i64, 0f64, 0f64);
+            let mut updates = Vec::with_capacity(pending.len());
+            for (c, output) in group {
+                let Some(rowid) = pending.remove(&c.seq) else { continue };
+                let (q, m) = (finite_ms(c.queue_ms), finite_ms(c.model_ms));
+                updates.push(serde_json::json!([
+                    rowid,
+                    c.state.as_str(),
+                    output,
+                    c.error_code,
+                    c.error_message,
+                    q,
+                    m,
+                    next_done_seq
+                ]));
+                next_done_seq += 1;
+                if c.state == ItemState::Done {
+                    completed += 1;
+                } else {
+                    failed += 1;
+                }
+                queue_ms += q;
+                model_ms += m;
+            }
+            if updates.is_empty() {
+                continue;
+            }
+            let expected = updates.len() as u64;
+            let changed = sqlx::query(RECORD_ITEMS_SQL)
+                .bind(json_text(&updates)?)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            if changed != expected {
+                // Cannot happen with a single writer; rolling back keeps the counters exact if it does.
+                return Err(StoreError::Corrupt(format!(
+                    "job {job_id}: {changed} items updated where {expected} were pending"
+                )));
+            }
+            sqlx::query(
+                "UPDATE jobs SET completed = completed + ?1, failed = failed + ?2, \
+                 queue_ms_total = queue_ms_total + ?3, model_ms_total = model_ms_total + ?4, \
+                 started_at = COALESCE(started_at, ?5), \
+                 status = CASE WHEN status = 'SUBMITTED' THEN 'IN_PROGRESS' ELSE status END \
+                 WHERE pk = ?6",
+            )
+            .bind(completed)
+            .bind(failed)
+            .bind(queue_ms)
+            .bind(model_ms)
+            .bind(now)
+            .bind(pk)
+            .execute(&mut *conn)
+            .await?;
+            finish_if_done(conn, pk, now).await?;
+            recorded += expected;
+        }
+        tx.commit().await?;
+        tracing::trace!(given = prepared.len(), recorded, "completions recorded");
+        Ok(recorded)
+    }
+
+    async fn mark_started(&self, job_id: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let conn: &mut SqliteConnection = &mut tx;
+        let changed = sqlx::query(
+            "UPDATE jobs SET status = 'IN_PROGRESS', started_at = COALESCE(started_at, ?1) \
+             WHERE id = ?2 AND status = 'SUBMITTED'",
+        )
+        .bind(now_ms())
+        .bind(job_id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            // Either past SUBMITTED already (fine) or unknown.
+            job_pk(conn, job_id).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn results(
+        &self,
+        job_id: &str,
+        after_done_seq: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<ItemResult>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        let pk = job_pk(&mut conn, job_id).await?;
+        let rows = sqlx::query(RESULTS_SQL)
+            .bind(pk)
+            .bind(after_done_seq.unwrap_or(-1))
+            .bind(i64::from(limit))
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.iter().map(|row| result_from_row(job_id, row)).collect()
+    }
+
+    async fn result(&self, job_id: &str, key: &str) -> Result<Option<ItemResult>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        let pk = job_pk(&mut conn, job_id).await?;
+        let row = sqlx::query(&format!(
+            "SELECT {RESULT_COLUMNS} FROM items WHERE job_pk = ?1 AND key = ?2"
+        ))
+        .bind(pk)
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?;
+        row.map(|row| result_from_row(job_id, &row)).transpose()
+    }
+
+    async fn cancel_job(&self, job_id: &str) -> Result<Job, StoreError> {
+        self.end_job(job_id, ItemState::Canceled, JobStatus::Canceled).await
+    }
+
+    async fn timeout_job(&self, job_id: &str) -> Result<Job, StoreError> {
+        self.end_job(job_id, ItemState::Timedout, JobStatus::Timedout).await
+    }
+
+    async fn expired_jobs(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        let ids = sqlx::query_scalar(&format!(
+            "SELECT id FROM jobs WHERE status IN {ACTIVE_STATUSES} AND timeout_ms IS NOT NULL \
+             AND created_at + timeout_ms < ?1 ORDER BY pk"
+        ))
+        .bind(now_ms)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(ids)
+    }
+}
+
+/// Makes a closed, active job with no pending item `COMPLETED` (or `FAILED` when it had inputs and
+/// none succeeded).
+async fn finish_if_done(conn: &mut SqliteConnection, pk: i64, now: i64) -> Result<(), StoreError> {
+    let finished: Option<String> = sqlx::query_scalar(&format!(
+        "UPDATE jobs SET status = CASE WHEN completed = 0 AND total > 0 THEN 'FAILED' ELSE 'COMPLETED' END, \
+         finished_at = ?1 \
+         WHERE pk = ?2 AND closed = 1 AND status IN {ACTIVE_STATUSES} \
+           AND total = completed + failed + canceled + timedout \
+         RETURNING status"
+    ))
+    .bind(now)
+    .bind(pk)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(status) = finished {
+        tracing::info!(job_pk = pk, %status, "job finished");
+    }
+    Ok(())
+}
+
+/// The job with this id and its internal key, if any.
+async fn find_job(conn: &mut SqliteConnection, job_id: &str) -> Result<Option<(i64, Job)>, StoreError> {
+    let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))
+        .bind(job_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(job_from_row).transpose()
+}
+
+/// The job with this id and its internal key, or [`StoreError::NotFound`].
+async fn load_job(conn: &mut SqliteConnection, job_id: &str) -> Result<(i64, Job), StoreError> {
+    find_job(conn, job_id)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(job_id.to_owned()))
+}
+
+/// The internal key of the job with this id, or [`StoreError::NotFound`].
+async fn job_pk(conn: &mut SqliteConnection, job_id: &str) -> Result<i64, StoreError> {
+    sqlx::query_scalar("SELECT pk FROM jobs WHERE id = ?1")
+        .bind(job_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(job_id.to_owned()))
+}
+
+/// The first key of `chunk` that the job already has (called after a unique violation).
+async fn existing_key(
+    conn: &mut SqliteConnection,
+    pk: i64,
+    chunk: &[(String, &'static str, Vec<u8>)],
+) -> Result<String, StoreError> {
+    for (key, _, _) in chunk {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM items WHERE job_pk = ?1 AND key = ?2")
+            .bind(pk)
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if found.is_some() {
+            return Ok(key.clone());
+        }
+    }
+    Err(StoreError::Corrupt(
+        "unique violation on insert, but no key of the chunk exists".into(),
+    ))
+}
+
+fn job_from_row(row: &SqliteRow) -> Result<(i64, Job), StoreError> {
+    let status: String = row.try_get("status")?;
+    let tags: String = row.try_get("tags")?;
+    let tags = serde_json::from_str(&tags).map_err(|e| StoreError::Corrupt(format!("job tags: {e}")))?;
+    let timeout_ms: Option<i64> = row.try_get("timeout_ms")?;
+    let total = counter(row, "total")?;
+    let completed = counter(row, "completed")?;
+    let failed = counter(row, "failed")?;
+    let canceled = counter(row, "canceled")?;
+    let timedout = counter(row, "timedout")?;
+    let finished = completed + failed + canceled + timedout;
+    let pending = total
+        .checked_sub(finished)
+        .ok_or_else(|| StoreError::Corrupt(format!("job counts {finished} finished items of {total}")))?;
+    let job = Job {
+        id: row.try_get("id")?,
+        model: row.try_get("model")?,
+        version: row.try_get("version")?,
+        status: JobStatus::from_str(&status).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        open: row.try_get("open")?,
+        closed: row.try_get("closed")?,
+        priority: row.try_get("priority")?,
+        tags,
+        timeout_ms: timeout_ms.map(|t| to_u64(t, "timeout_ms")).transpose()?,
+        source: row.try_get("source")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        total,
+        pending,
+        completed,
+        failed,
+        canceled,
+        timedout,
+        queue_ms_total: row.try_get("queue_ms_total")?,
+        model_ms_total: row.try_get("model_ms_total")?,
+    };
+    Ok((row.try_get("pk")?, job))
+}
+
+fn result_from_row(job_id: &str, row: &SqliteRow) -> Result<ItemResult, StoreError> {
+    let state: String = row.try_get("state")?;
+    let output: Option<String> = row.try_get("output")?;
+    let error_code: Option<String> = row.try_get("error_code")?;
+    let error_message: Option<String> = row.try_get("error_message")?;
+    let queue_ms: Option<f64> = row.try_get("queue_ms")?;
+    let model_ms: Option<f64> = row.try_get("model_ms")?;
+    let error = match (error_code, error_message) {
+        (None, None) => None,
+        (code, message) => Some(ItemError {
+            code: code.unwrap_or_else(|| "error".to_owned()),
+            message: message.unwrap_or_default(),
+        }),
+    };
+    Ok(ItemResult {
+        job_id: job_id.to_owned(),
+        seq: row.try_get("seq")?,
+        key: row.try_get("key")?,
+        state: ItemState::from_str(&state).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        output: output
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("item output: {e}")))?,
+        error,
+        queue_ms,
+        model_ms,
+        done_seq: row.try_get("done_seq")?,
+    })
+}
+
+fn counter(row: &SqliteRow, column: &str) -> Result<u64, StoreError> {
+    to_u64(row.try_get(column)?, column)
+}
+
+fn to_u64(value: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} is negative: {value}")))
+}
+
+fn to_i64(value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Invalid(format!("{value} is out of range")))
+}
+
+/// Durations are stored as fractional milliseconds; non-finite or negative values become 0.
+fn finite_ms(value: f64) -> f64 {
+    if value.is_finite() && value > 0.0 {
+        value
+    } else {
+        0.0
+    }
+}
+
+/// How many items of the job have their final outcome: also the next `done_seq`.
+fn finished_count(job: &Job) -> Result<i64, StoreError> {
+    to_i64(job.completed + job.failed + job.canceled + job.timedout)
+}
+
+/// `value` as JSON text, for the `json_each(?)` parameters.
+fn json_text<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Invalid(format!("cannot serialise a batch: {e}")))
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// Current time, unix ms.
+/// The current time in unix milliseconds, as the store records it.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Guards the query plans that keep the store fast on huge jobs: every per-item statement must
+    //! search an index, never scan `items`.
+
+    use super::*;
+
+    async fn plan(conn: &mut SqliteConnection, sql: &str, binds: usize) -> Result<String, StoreError> {
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let mut query = sqlx::query(&explain);
+        for _ in 0..binds {
+            query = query.bind(1i64);
+        }
+        let rows = query.fetch_all(&mut *conn).await?;
+        let details = rows
+            .iter()
+            .map(|row| row.try_get::<String, _>(3))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(details.join("\n"))
+    }
+
+    #[tokio::test]
+    async fn per_item_statements_search_indexes() -> Result<(), StoreError> {
+        let dir = tempfile::TempDir::new()?;
+        let store = SqliteStore::open(dir.path()).await?;
+        let mut conn = store.writer.acquire().await?;
+        for (name, sql, binds, wanted) in [
+            (
+                "pending_items",
+                PENDING_ITEMS_SQL,
+                3,
+                vec!["items_pending (job_pk=? AND seq>?)"],
+            ),
+            (
+                "record step 1",
+                PENDING_ROWIDS_SQL,
+                2,
+                vec!["SCAN c", "items_pending (job_pk=? AND seq=?)"],
+            ),
+            (
+                "record step 2",
+                RECORD_ITEMS_SQL,
+                1,
+                vec!["SCAN c", "SEARCH items USING INTEGER PRIMARY KEY (rowid=?)"],
+            ),
+            ("results", RESULTS_SQL, 3, vec!["items_done (job_pk=? AND done_seq>?)"]),
+            (
+                "cancel",
+                END_ITEMS_SQL,
+                5,
+                vec![
+                    "items_pending (job_pk=?)",
+                    "SEARCH items USING INTEGER PRIMARY KEY (rowid=?)",
+                ],
+            ),
+        ] {
+            let plan = plan(&mut conn, sql, binds).await?;
+            for step in wanted {
+                assert!(plan.contains(step), "{name}: plan lacks {step:?}:\n{plan}");
+            }
+            assert!(!plan.contains("SCAN items"), "{name} scans items:\n{plan}");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,90 @@
+//! The backend-neutral contract of the job store. The server holds an `Arc<dyn Store>`, so that the
+//! SQLite implementation of today and a PostgreSQL one later are interchangeable; every guarantee
+//! the server relies on (atomicity, idempotent recording, cursor semantics) is stated here, and each
+//! backend must keep it.
+
+use async_trait::async_trait;
+
+use crate::{Completion, InputValue, ItemResult, ItemRow, Job, JobFilter, NewJob, StoreError};
+
+/// Durable store of bulk jobs, their inputs and their results.
+///
+/// All methods are safe to call concurrently. A job id that does not exist gives
+/// [`StoreError::NotFound`] unless a method says otherwise.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Creates a job in status `SUBMITTED` with no input, accepting inputs until
+    /// [`close_job`](Store::close_job).
+    async fn create_job(&self, job: NewJob) -> Result<Job, StoreError>;
+
+    /// Appends inputs to a job, atomically: either all of them are added (and `total` grows by their
+    /// number) or none is. Each gets the next `seq` in order.
+    ///
+    /// Errors: [`StoreError::DuplicateKey`] if a key is already in the job or occurs twice in
+    /// `inputs`; [`StoreError::Conflict`] if the job is closed or terminal. Large jobs are added by
+    /// calling this repeatedly with chunks (e.g. 1,000 inputs each).
+    async fn add_inputs(&self, job_id: &str, inputs: Vec<(String, InputValue)>) -> Result<u64, StoreError>;
+
+    /// Closes a job: no more inputs. If it has no pending item left it finishes at once: `COMPLETED`
+    /// (also when it has no input at all, with `total` 0) or `FAILED` if no item succeeded.
+    /// Closing a closed or terminal job returns it unchanged.
+    async fn close_job(&self, job_id: &str) -> Result<Job, StoreError>;
+
+    /// The job with this id, if any.
+    async fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError>;
+
+    /// Jobs matching `filter`, newest first, one page at a time: returns the page and the cursor of
+    /// the next one (`None` on the last page). The cursor is opaque.
+    async fn list_jobs(&self, filter: JobFilter) -> Result<(Vec<Job>, Option<String>), StoreError>;
+
+    /// Every job not in a terminal status, highest priority first, then oldest first: what the feeder
+    /// serves, and what resumes after a restart.
+    async fn active_jobs(&self) -> Result<Vec<Job>, StoreError>;
+
+    /// Up to `limit` pending items of a job with `seq > after_seq` (all if `None`), in `seq` order.
+    ///
+    /// Nothing is marked as taken: the feeder keeps its own cursor, and after a restart it starts
+    /// again from `None` and gets exactly the items that have no outcome yet.
+    async fn pending_items(&self, job_id: &str, after_seq: Option<i64>, limit: u32)
+        -> Result<Vec<ItemRow>, StoreError>;
+
+    /// Records finished items, all in one transaction, and returns how many were newly recorded.
+    ///
+    /// An item is only updated while it is still `pending`: a second completion for the same item
+    /// (after a crash and a re-run, or after a cancel) changes nothing. Each newly recorded item gets
+    /// the next `done_seq` of its job; the job's counters grow by exactly the recorded items; a
+    /// `SUBMITTED` job becomes `IN_PROGRESS`; a closed job left with no pending item becomes
+    /// `COMPLETED` (or `FAILED` when no item succeeded). Completions for unknown jobs are skipped
+    /// with a warning; a completion whose state is not `done`/`failed` rejects the whole call with
+    /// [`StoreError::Invalid`].
+    async fn record(&self, completions: Vec<Completion>) -> Result<u64, StoreError>;
+
+    /// Notes that the job's first item was fed: `SUBMITTED` → `IN_PROGRESS`, sets `started_at`.
+    /// No effect on a job past `SUBMITTED`.
+    async fn mark_started(&self, job_id: &str) -> Result<(), StoreError>;
+
+    /// Up to `limit` finished items of a job with `done_seq > after_done_seq` (all if `None`), in
+    /// `done_seq` order. Reading page after page with the last `done_seq` as the next cursor returns
+    /// every outcome exactly once, also while the job is still running.
+    async fn results(
+        &self,
+        job_id: &str,
+        after_done_seq: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<ItemResult>, StoreError>;
+
+    /// The item of a job with this key, finished or not (`state` is `pending` until it finishes);
+    /// `None` if the job has no such key.
+    async fn result(&self, job_id: &str, key: &str) -> Result<Option<ItemResult>, StoreError>;
+
+    /// Cancels a job: every pending item becomes `canceled` (with a `done_seq`), the job
+    /// `CANCELED`. A terminal job is returned unchanged.
+    async fn cancel_job(&self, job_id: &str) -> Result<Job, StoreError>;
+
+    /// Times a job out: every pending item becomes `timedout` (with a `done_seq`), the job
+    /// `TIMEDOUT`. A terminal job is returned unchanged.
+    async fn timeout_job(&self, job_id: &str) -> Result<Job, StoreError>;
+
+    /// Ids of the active jobs whose deadline (`created_at + timeout_ms`) is before `now_ms` (unix ms).
+    async fn expired_jobs(&self, now_ms: i64) -> Result<Vec<String>, StoreError>;
+}

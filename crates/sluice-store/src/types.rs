@@ -1,0 +1,402 @@
+//! The values that cross the [`Store`](crate::Store) boundary: jobs, their inputs, the results the
+//! engine writes back and what readers get. They are plain data, independent of any backend, and
+//! serialise with serde so the server can put them on the wire as they are.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::StoreError;
+
+/// The life cycle of a job.
+///
+/// `SUBMITTED` → `IN_PROGRESS` (first item fed or first result recorded) → one of the terminal
+/// states. A job only becomes `COMPLETED`/`FAILED` once it is closed and has no pending item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobStatus {
+    /// Accepted; no item has started yet.
+    Submitted,
+    /// At least one item was fed to the engine or has a result.
+    InProgress,
+    /// Closed and every item finished, at least one successfully (or the job had no input).
+    Completed,
+    /// Canceled by a user; the items still pending at that moment are `canceled`.
+    Canceled,
+    /// Its deadline passed; the items still pending at that moment are `timedout`.
+    Timedout,
+    /// Closed and every item finished, none successfully (and it had at least one input).
+    Failed,
+}
+
+impl JobStatus {
+    /// Every status, in life-cycle order.
+    pub const ALL: [JobStatus; 6] = [
+        JobStatus::Submitted,
+        JobStatus::InProgress,
+        JobStatus::Completed,
+        JobStatus::Canceled,
+        JobStatus::Timedout,
+        JobStatus::Failed,
+    ];
+
+    /// The upper-case name used on the wire and in the database (`"IN_PROGRESS"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Submitted => "SUBMITTED",
+            JobStatus::InProgress => "IN_PROGRESS",
+            JobStatus::Completed => "COMPLETED",
+            JobStatus::Canceled => "CANCELED",
+            JobStatus::Timedout => "TIMEDOUT",
+            JobStatus::Failed => "FAILED",
+        }
+    }
+
+    /// Whether the job is finished for good (`COMPLETED`, `CANCELED`, `TIMEDOUT`, `FAILED`).
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, JobStatus::Submitted | JobStatus::InProgress)
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobStatus {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| StoreError::Invalid(format!("unknown job status {s:?}")))
+    }
+}
+
+/// The state of one input of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemState {
+    /// No result yet: the feeder will (re)send it to the engine.
+    Pending,
+    /// Finished successfully; the result has an `output`.
+    Done,
+    /// Finished with an error; the result has an `error`.
+    Failed,
+    /// The job was canceled before this item finished.
+    Canceled,
+    /// The job timed out before this item finished.
+    Timedout,
+}
+
+impl ItemState {
+    /// Every state.
+    pub const ALL: [ItemState; 5] = [
+        ItemState::Pending,
+        ItemState::Done,
+        ItemState::Failed,
+        ItemState::Canceled,
+        ItemState::Timedout,
+    ];
+
+    /// The lower-case name used on the wire and in the database (`"done"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemState::Pending => "pending",
+            ItemState::Done => "done",
+            ItemState::Failed => "failed",
+            ItemState::Canceled => "canceled",
+            ItemState::Timedout => "timedout",
+        }
+    }
+
+    /// Whether the item has its one final outcome (everything but `pending`).
+    pub fn is_finished(self) -> bool {
+        self != ItemState::Pending
+    }
+}
+
+impl fmt::Display for ItemState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ItemState {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ItemState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| StoreError::Invalid(format!("unknown item state {s:?}")))
+    }
+}
+
+/// One input of a job, as submitted. Stored as a kind plus a BLOB (UTF-8 text, raw bytes or
+/// serialised JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "lowercase")]
+pub enum InputValue {
+    /// A text input (a prompt, a sentence to embed, ...).
+    Text(String),
+    /// A binary input (an encoded image, ...).
+    Bytes(Vec<u8>),
+    /// A structured input.
+    Json(serde_json::Value),
+    /// An input that could not be read (a malformed line of a source file); it fails alone with
+    /// this message instead of running.
+    Invalid(String),
+}
+
+impl InputValue {
+    /// The name of the variant as stored: `"text"`, `"bytes"` or `"json"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InputValue::Text(_) => "text",
+            InputValue::Bytes(_) => "bytes",
+            InputValue::Json(_) => "json",
+            InputValue::Invalid(_) => "invalid",
+        }
+    }
+
+    /// The stored form: the kind and the BLOB.
+    pub fn to_blob(&self) -> Result<(&'static str, Vec<u8>), StoreError> {
+        let blob = match self {
+            InputValue::Text(text) => text.as_bytes().to_vec(),
+            InputValue::Bytes(bytes) => bytes.clone(),
+            InputValue::Json(value) => serde_json::to_vec(value)
+                .map_err(|e| StoreError::Invalid(format!("input JSON cannot be serialised: {e}")))?,
+            InputValue::Invalid(message) => message.as_bytes().to_vec(),
+        };
+        Ok((self.kind(), blob))
+    }
+
+    /// Rebuilds a value from its stored form.
+    pub fn from_blob(kind: &str, blob: Vec<u8>) -> Result<Self, StoreError> {
+        match kind {
+            "text" => String::from_utf8(blob)
+                .map(InputValue::Text)
+                .map_err(|e| StoreError::Corrupt(format!("text input is not UTF-8: {e}"))),
+            "bytes" => Ok(InputValue::Bytes(blob)),
+            "invalid" => Ok(InputValue::Invalid(String::from_utf8_lossy(&blob).into_owned())),
+            "json" => serde_json::from_slice(&blob)
+                .map(InputValue::Json)
+                .map_err(|e| StoreError::Corrupt(format!("JSON input does not parse: {e}"))),
+            other => Err(StoreError::Corrupt(format!("unknown input kind {other:?}"))),
+        }
+    }
+}
+
+/// What a user submits to create a job (its inputs come separately, through
+/// [`Store::add_inputs`](crate::Store::add_inputs)).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NewJob {
+    /// The model that runs every item.
+    pub model: String,
+    /// An optional model version.
+    pub version: Option<String>,
+    /// Scheduling priority, higher first; 0 by default.
+    pub priority: i32,
+    /// Free-form labels, usable as a `list_jobs` filter. Duplicates are kept once.
+    pub tags: Vec<String>,
+    /// Deadline in milliseconds after creation; see [`Store::expired_jobs`](crate::Store::expired_jobs).
+    pub timeout_ms: Option<u64>,
+    /// `true` for an *open* job that receives its inputs over several calls before being closed;
+    /// `false` for an inline job whose inputs all come with its submission. The store treats
+    /// both alike (inputs are accepted until [`Store::close_job`](crate::Store::close_job)); the
+    /// flag is kept so the server can tell them apart, e.g. after a restart.
+    pub open: bool,
+    /// Where the job came from (a client name, a file, ...), for information only.
+    pub source: Option<String>,
+}
+
+/// A job as stored, with its progress counters.
+///
+/// Times are unix milliseconds (UTC). `pending = total - completed - failed - canceled - timedout`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Random 128-bit id, 32 lower-case hex digits.
+    pub id: String,
+    /// The model that runs every item.
+    pub model: String,
+    /// The model version, if one was given.
+    pub version: Option<String>,
+    /// Where the job is in its life cycle.
+    pub status: JobStatus,
+    /// Whether the job was submitted as an open job (see [`NewJob::open`]).
+    pub open: bool,
+    /// Whether the job takes no more inputs: [`Store::close_job`](crate::Store::close_job) was
+    /// called or the job is terminal. Only a closed job can become `COMPLETED`/`FAILED`.
+    pub closed: bool,
+    /// Scheduling priority, higher first.
+    pub priority: i32,
+    /// The job's labels.
+    pub tags: Vec<String>,
+    /// Deadline in milliseconds after `created_at`, if any.
+    pub timeout_ms: Option<u64>,
+    /// Where the job came from, if given.
+    pub source: Option<String>,
+    /// Creation time, unix ms.
+    pub created_at: i64,
+    /// When the first item was fed or got a result, unix ms.
+    pub started_at: Option<i64>,
+    /// When the job reached a terminal status, unix ms.
+    pub finished_at: Option<i64>,
+    /// Number of inputs.
+    pub total: u64,
+    /// Inputs without a final outcome yet.
+    pub pending: u64,
+    /// Items finished successfully (`done`).
+    pub completed: u64,
+    /// Items finished with an error (`failed`).
+    pub failed: u64,
+    /// Items canceled with the job.
+    pub canceled: u64,
+    /// Items that timed out with the job.
+    pub timedout: u64,
+    /// Sum of the recorded items' queue times, ms.
+    pub queue_ms_total: f64,
+    /// Sum of the recorded items' model times, ms.
+    pub model_ms_total: f64,
+}
+
+/// Filter and page for [`Store::list_jobs`](crate::Store::list_jobs). Jobs come newest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobFilter {
+    /// Only jobs in this status.
+    pub status: Option<JobStatus>,
+    /// Only jobs of this model.
+    pub model: Option<String>,
+    /// Only jobs carrying this tag.
+    pub tag: Option<String>,
+    /// Page size; 0 means [`JobFilter::DEFAULT_LIMIT`], and it is capped at [`JobFilter::MAX_LIMIT`].
+    pub limit: u32,
+    /// The `next_cursor` of the previous page, or `None` for the first page.
+    pub cursor: Option<String>,
+}
+
+impl JobFilter {
+    /// Page size used when `limit` is 0.
+    pub const DEFAULT_LIMIT: u32 = 100;
+    /// Largest page size.
+    pub const MAX_LIMIT: u32 = 1000;
+
+    /// The page size actually used.
+    pub fn effective_limit(&self) -> u32 {
+        match self.limit {
+            0 => Self::DEFAULT_LIMIT,
+            n => n.min(Self::MAX_LIMIT),
+        }
+    }
+}
+
+/// A pending item, as handed to the feeder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemRow {
+    /// The job it belongs to.
+    pub job_id: String,
+    /// 0-based insertion order within the job; the feeder's cursor.
+    pub seq: i64,
+    /// The user's name for this input, unique within the job.
+    pub key: String,
+    /// The input itself.
+    pub input: InputValue,
+}
+
+/// The error of a failed (or canceled / timed-out) item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemError {
+    /// A short machine-readable code (`"canceled"` and `"timedout"` for items the job's end
+    /// caught pending; otherwise whatever the engine reported).
+    pub code: String,
+    /// A human-readable message.
+    pub message: String,
+}
+
+/// The outcome of one item, as readers get it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemResult {
+    /// The job it belongs to.
+    pub job_id: String,
+    /// 0-based insertion order within the job.
+    pub seq: i64,
+    /// The user's name for this input.
+    pub key: String,
+    /// `pending` until it finishes, then its one final state.
+    pub state: ItemState,
+    /// The model's output, for `done` items.
+    pub output: Option<serde_json::Value>,
+    /// The error, for `failed`, `canceled` and `timedout` items.
+    pub error: Option<ItemError>,
+    /// Time the item waited before the model ran it, ms (recorded items only).
+    pub queue_ms: Option<f64>,
+    /// Time the model spent on it, ms (recorded items only).
+    pub model_ms: Option<f64>,
+    /// 0-based order in which the item finished within its job; the results cursor. `None` while
+    /// pending.
+    pub done_seq: Option<i64>,
+}
+
+/// One finished item, as the result writer hands it to [`Store::record`](crate::Store::record).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    /// The job it belongs to.
+    pub job_id: String,
+    /// The item's `seq` (from its [`ItemRow`]).
+    pub seq: i64,
+    /// `done` or `failed`; other states are rejected.
+    pub state: ItemState,
+    /// The output of a `done` item.
+    pub output: Option<serde_json::Value>,
+    /// The error code of a `failed` item.
+    pub error_code: Option<String>,
+    /// The error message of a `failed` item.
+    pub error_message: Option<String>,
+    /// Time the item waited before the model ran it, ms.
+    pub queue_ms: f64,
+    /// Time the model spent on it, ms.
+    pub model_ms: f64,
+}
+
+impl Completion {
+    /// A successful completion.
+    pub fn done(job_id: impl Into<String>, seq: i64, output: serde_json::Value, queue_ms: f64, model_ms: f64) -> Self {
+        Completion {
+            job_id: job_id.into(),
+            seq,
+            state: ItemState::Done,
+            output: Some(output),
+            error_code: None,
+            error_message: None,
+            queue_ms,
+            model_ms,
+        }
+    }
+
+    /// A failed completion.
+    pub fn failed(
+        job_id: impl Into<String>,
+        seq: i64,
+        code: impl Into<String>,
+        message: impl Into<String>,
+        queue_ms: f64,
+        model_ms: f64,
+    ) -> Self {
+        Completion {
+            job_id: job_id.into(),
+            seq,
+            state: ItemState::Failed,
+            output: None,
+            error_code: Some(code.into()),
+            error_message: Some(message.into()),
+            queue_ms,
+            model_ms,
+        }
+    }
+}
