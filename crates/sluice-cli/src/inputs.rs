@@ -222,13 +222,14 @@ fn read_lines(
         return Ok(());
     }
     let reader = BufReader::with_capacity(1 << 16, file);
-    let mut n = 0usize;
-    for line in reader.lines() {
+    // `n` is the physical line number (blank lines are skipped but counted),
+    // so ids and messages point at the right line of the file.
+    for (i, line) in reader.lines().enumerate() {
+        let n = i + 1;
         let line = line.with_context(|| format!("cannot read {}", path.display()))?;
         if line.trim().is_empty() {
             continue;
         }
-        n += 1;
         let item = match format {
             Format::Plain => RawItem {
                 id: n.to_string(),

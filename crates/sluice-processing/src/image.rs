@@ -347,6 +347,7 @@ impl Processor for ImageProcessor {
         if bytes.is_empty() {
             return Err(ItemError::invalid("cannot decode image: the input is empty"));
         }
+        check_complete_jpeg(&bytes)?;
         let image = ::image::load_from_memory(&bytes)
             .map_err(|e| ItemError::invalid(format!("cannot decode image: {e}")))?
             .into_rgb8();
@@ -753,6 +754,24 @@ fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
+/// The JPEG decoder fills a truncated file's missing rows with grey and
+/// reports success; a half-written frame must fail instead of giving wrong
+/// detections. A complete JPEG ends with the end-of-image marker `FF D9`
+/// (possibly followed by a little padding or trailing metadata).
+fn check_complete_jpeg(bytes: &[u8]) -> Result<(), ItemError> {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return Ok(());
+    }
+    let tail = &bytes[bytes.len().saturating_sub(64 * 1024)..];
+    if tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
+        Ok(())
+    } else {
+        Err(ItemError::invalid(
+            "cannot decode image: truncated JPEG (no end-of-image marker)",
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Cursor;
@@ -1006,6 +1025,18 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn truncated_jpeg_fails_instead_of_decoding_grey_rows() {
+        let img = RgbImage::from_fn(64, 64, |x, y| Rgb([(x * 4) as u8, (y * 4) as u8, 77]));
+        let p = processor(&spec([8, 8], ResizeMode::Stretch, Layout::Nchw, ChannelOrder::Rgb));
+        let jpeg = encode(&img, ImageFormat::Jpeg);
+        let half = jpeg[..jpeg.len() / 2].to_vec();
+        let err = p.preprocess(Input::Bytes(half)).expect_err("truncated");
+        assert_eq!(err.kind, ItemErrorKind::InvalidInput);
+        assert!(err.message.contains("truncated JPEG"), "{}", err.message);
+        p.preprocess(Input::Bytes(jpeg)).expect("the complete file decodes");
     }
 
     #[test]

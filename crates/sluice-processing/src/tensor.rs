@@ -69,9 +69,12 @@ impl Processor for TensorProcessor {
         if let Some(extra) = tensors.keys().find(|k| !self.inputs.iter().any(|i| &i.name == *k)) {
             return Err(ItemError::invalid(format!("unknown input '{extra}'")));
         }
+        // Ragged inputs are padded to the largest item of a batch: the
+        // element count is what length grouping should keep similar.
+        let len = tensors.values().map(Tensor::numel).max().unwrap_or(1).max(1);
         Ok(Prepared {
             tensors,
-            len: 1,
+            len,
             meta: Meta::None,
         })
     }
