@@ -70,6 +70,24 @@ impl Reply {
     }
 }
 
+/// Items waiting in each stage of a model's pipeline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueDepth {
+    /// In the pre-processing queue.
+    pub preprocess: usize,
+    /// Pre-processed, in the model queue.
+    pub model: usize,
+    /// Held by the batcher, waiting for their batch.
+    pub batcher: usize,
+}
+
+impl QueueDepth {
+    /// Items waiting in all stages.
+    pub fn total(&self) -> usize {
+        self.preprocess + self.model + self.batcher
+    }
+}
+
 /// Per-submission options.
 #[derive(Debug, Clone, Default)]
 pub struct SubmitOptions {
@@ -163,6 +181,7 @@ impl Model {
         for (i, runtime) in runtimes.into_iter().enumerate() {
             let ctx = instance::Context {
                 model: spec.name.clone(),
+                index: i,
                 processor: processor.clone(),
                 stats: stats.clone(),
                 _done: done_guard.clone(),
@@ -230,6 +249,15 @@ impl Model {
         self.inner.stats.snapshot()
     }
 
+    /// Items waiting now, per stage.
+    pub fn queue_depth(&self) -> QueueDepth {
+        QueueDepth {
+            preprocess: self.inner.pre_tx.len(),
+            model: self.inner.queue_tx.len(),
+            batcher: usize::try_from(self.inner.stats.snapshot_window()).unwrap_or(usize::MAX),
+        }
+    }
+
     /// Queues a raw item; waits while the pre-processing queue is full.
     pub async fn submit(&self, id: ItemId, input: Input, reply: Reply) -> Result<(), EngineError> {
         self.submit_with(id, input, reply, SubmitOptions::default()).await
@@ -259,6 +287,18 @@ impl Model {
 
     /// Queues an already pre-processed item straight to the batcher.
     pub async fn submit_prepared(&self, id: ItemId, prepared: Prepared, reply: Reply) -> Result<(), EngineError> {
+        self.submit_prepared_with(id, prepared, reply, SubmitOptions::default())
+            .await
+    }
+
+    /// Queues an already pre-processed item with options (cancellation).
+    pub async fn submit_prepared_with(
+        &self,
+        id: ItemId,
+        prepared: Prepared,
+        reply: Reply,
+        opts: SubmitOptions,
+    ) -> Result<(), EngineError> {
         if self.inner.pre_tx.is_closed() {
             return Err(EngineError::Closed(self.inner.spec.name.clone()));
         }
@@ -269,7 +309,7 @@ impl Model {
             reply,
             submitted: now,
             enqueued: now,
-            cancel: None,
+            cancel: opts.cancel,
         };
         self.inner
             .queue_tx
