@@ -7,6 +7,7 @@
 //! on the same batches (same session options), first-come-first-served in
 //! both, so the ratio is the engine's own efficiency. Pre-processing (decode,
 //! tokenize) is done once up front and not timed: it does not batch.
+//! The rows are kept in `<model dir>/.bench.json` for the server to show.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use clap::Args;
 use serde::Serialize;
 use sluice_core::spec::RuntimeKind;
 use sluice_core::{Backend, DType, Input, ModelSpec, Tensor, TensorData};
-use sluice_engine::{Completion, Model, Prepared, Reply};
+use sluice_engine::{CancelFlag, Completion, Model, Prepared, Reply, SubmitOptions};
 use tokio::sync::mpsc;
 
 use crate::inputs::{Fields, Kind, Source};
@@ -71,6 +72,8 @@ pub struct Row {
     pub fifo_items_per_s: Option<f64>,
     /// Median items/s calling ONNX Runtime directly (with --raw).
     pub raw_items_per_s: Option<f64>,
+    /// Items/s over batch size 1's (when batch size 1 was measured).
+    pub speedup: Option<f64>,
 }
 
 pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -136,23 +139,38 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             padding_ratio: m.padding_ratio,
             fifo_items_per_s: raw_ok.then(|| median(&mut fifo)),
             raw_items_per_s: raw_ok.then(|| median(&mut raw)),
+            speedup: None,
         });
+    }
+    if let Some(base) = rows.iter().find(|r| r.batch_size == 1).map(|r| r.items_per_s) {
+        for r in &mut rows {
+            r.speedup = Some(r.items_per_s / base.max(1e-9));
+        }
     }
     print_table(
         &rows,
         raw_ok,
         spec.group_by_length && matches!(spec.processing, sluice_core::spec::ProcessingSpec::Text(_)),
     );
+    let v = serde_json::json!({
+        "model": spec.name,
+        "backend": backend.describe(),
+        "measured_at": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        "seconds": args.seconds,
+        "repeat": args.repeat,
+        "rows": rows,
+    });
+    let text = serde_json::to_string_pretty(&v)?;
     if let Some(path) = &args.json {
-        let v = serde_json::json!({
-            "model": spec.name,
-            "backend": backend.describe(),
-            "seconds": args.seconds,
-            "repeat": args.repeat,
-            "rows": rows,
-        });
-        std::fs::write(path, serde_json::to_string_pretty(&v)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    // Kept beside the model so `GET /v1/models/{name}` and the dashboard can show it.
+    let kept = spec.dir.join(sluice_server::api::models::BENCH_FILE);
+    match std::fs::write(&kept, &text) {
+        Ok(()) => println!("results kept in {}", kept.display()),
+        Err(e) => tracing::warn!(path = %kept.display(), error = %e, "cannot keep the bench results"),
     }
     Ok(())
 }
@@ -359,21 +377,35 @@ async fn feed(
     dur: Option<Duration>,
 ) -> anyhow::Result<(f64, Vec<f64>)> {
     let (tx, mut rx) = mpsc::channel::<Completion>(4096);
+    // When the time is up, items still queued are canceled rather than
+    // drained, and the rate counts completed items up to the last one.
+    let cancel = CancelFlag::new();
+    let start = Instant::now();
     let counter = tokio::spawn(async move {
         let mut n = 0u64;
         let mut lat = Vec::new();
         let mut last_batch = (Duration::ZERO, 0usize);
+        let mut last = start;
         while let Some(c) = rx.recv().await {
+            if c.result
+                .as_ref()
+                .is_err_and(|e| e.kind == sluice_core::ItemErrorKind::Canceled)
+            {
+                continue;
+            }
             n += 1;
+            last = Instant::now();
             // One latency sample per batch: consecutive items of a batch share run_time.
             if (c.run_time, c.batch_size) != last_batch {
                 lat.push(c.run_time.as_secs_f64() * 1e3);
                 last_batch = (c.run_time, c.batch_size);
             }
         }
-        (n, lat)
+        (n, lat, last)
     });
-    let start = Instant::now();
+    let opts = SubmitOptions {
+        cancel: Some(cancel.clone()),
+    };
     let mut k = 0usize;
     while k < limit {
         if dur.is_some_and(|d| start.elapsed() >= d) {
@@ -381,13 +413,16 @@ async fn feed(
         }
         let item = samples[k % samples.len()].clone();
         model
-            .submit_prepared(k.to_string(), item, Reply::Stream(tx.clone()))
+            .submit_prepared_with(k.to_string(), item, Reply::Stream(tx.clone()), opts.clone())
             .await?;
         k += 1;
     }
+    if dur.is_some() {
+        cancel.cancel();
+    }
     drop(tx);
-    let (n, lat) = counter.await?;
-    let elapsed = start.elapsed().as_secs_f64();
+    let (n, lat, last) = counter.await?;
+    let elapsed = last.duration_since(start).as_secs_f64();
     Ok((n as f64 / elapsed.max(1e-9), lat))
 }
 

@@ -70,6 +70,8 @@ pub(crate) async fn run(
     let mut closed = false;
     let mut permit: Option<OwnedSemaphorePermit> = None;
     let mut meta: Vec<Pending> = Vec::with_capacity(cfg.window);
+    // What the window gauge shows, so it is written only when it changes.
+    let mut shown = 0usize;
     loop {
         if pending.is_empty() {
             if closed {
@@ -92,6 +94,10 @@ pub(crate) async fn run(
                     break;
                 }
             }
+        }
+        if pending.len() != shown {
+            shown = pending.len();
+            stats.set_window(shown);
         }
         let slot = match permit.take() {
             Some(p) => p,
@@ -137,6 +143,8 @@ pub(crate) async fn run(
             }
             Decision::Dispatch(plan) => {
                 let items = take(&mut pending, &plan.indices);
+                shown = pending.len();
+                stats.set_window(shown);
                 let tokens: usize = items.iter().map(|q| q.prepared.len).sum();
                 stats.record_batch(items.len(), tokens, plan.padding, plan.fifo_padding);
                 if tx.send(Batch { items, permit: slot }).await.is_err() {

@@ -9,10 +9,11 @@ use sluice_processing::Processor;
 
 use crate::batcher::Batch;
 use crate::model::{Completion, DoneGuard};
-use crate::stats::Stats;
+use crate::stats::{QueueWaits, Stats};
 
 pub(crate) struct Context {
     pub model: String,
+    pub index: usize,
     pub processor: Arc<dyn Processor>,
     pub stats: Arc<Stats>,
     pub _done: Arc<DoneGuard>,
@@ -32,18 +33,32 @@ pub(crate) fn run(mut runtime: Box<dyn Runtime>, rx: async_channel::Receiver<Bat
         }
         let started = Instant::now();
         let inputs: Vec<&NamedTensors> = items.iter().map(|q| &q.prepared.tensors).collect();
-        let span = tracing::debug_span!("batch", model = %ctx.model, size = items.len());
+        let span = tracing::debug_span!(
+            "batch",
+            model = %ctx.model,
+            instance = ctx.index,
+            size = items.len(),
+            duration_ms = tracing::field::Empty
+        );
+        ctx.stats.instance_busy(true);
         let outcomes = span.in_scope(|| run_isolating(runtime.as_mut(), &inputs, &ctx.stats));
+        ctx.stats.instance_busy(false);
         let run_time = started.elapsed();
-        ctx.stats
-            .record_run(u64::try_from(run_time.as_nanos()).unwrap_or(u64::MAX));
+        ctx.stats.record_run(run_time);
+        if !span.is_disabled() {
+            span.record("duration_ms", run_time.as_secs_f64() * 1e3);
+            tracing::debug!(parent: &span, "batch ran");
+        }
         // The instance is free for the next batch while we post-process this one.
         drop(permit);
         let size = items.len();
+        let mut waits = QueueWaits::default();
+        for q in &items {
+            waits.add(started.saturating_duration_since(q.submitted));
+        }
+        ctx.stats.record_queue_waits(&waits);
         for (q, outcome) in items.into_iter().zip(outcomes) {
             let queue_time = started.saturating_duration_since(q.submitted);
-            ctx.stats
-                .record_queue(u64::try_from(queue_time.as_nanos()).unwrap_or(u64::MAX));
             let result = outcome.and_then(|tensors| {
                 catch_unwind(AssertUnwindSafe(|| {
                     ctx.processor.postprocess(tensors, &q.prepared.meta)

@@ -21,8 +21,8 @@ mod model;
 pub mod noop;
 mod stats;
 
-pub use model::{load_backend, CancelFlag, Completion, EngineError, Model, Reply, SubmitOptions};
-pub use stats::{Stats, StatsSnapshot};
+pub use model::{load_backend, CancelFlag, Completion, EngineError, Model, QueueDepth, Reply, SubmitOptions};
+pub use stats::{LatencyHistogram, Stats, StatsSnapshot, LATENCY_BUCKETS};
 
 /// Re-exported so callers can pre-process items themselves (benchmarks).
 pub use sluice_processing::{Meta, Prepared};

@@ -1,10 +1,14 @@
 //! Live counters of one model: what the batcher did and what it bought.
 //!
 //! Updated with relaxed atomics from the batcher and instance threads, read
-//! as a [`StatsSnapshot`] by the CLI summary, `sluice bench` and (later) the
-//! metrics endpoint.
+//! as a [`StatsSnapshot`] by the CLI summary, `sluice bench` and the server's
+//! `/metrics` endpoint. Latency histograms have fixed buckets
+//! ([`LATENCY_BUCKETS`]) so recording is one bucket search and one atomic add;
+//! the per-item queue-wait histogram is accumulated per batch before it
+//! touches the shared atomics.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -23,6 +27,89 @@ pub struct Stats {
     queue_nanos: AtomicU64,
     /// `histogram[n]` counts batches of `n` items.
     histogram: Vec<AtomicU64>,
+    /// Items held by the batcher (its window), set by the batcher task.
+    window: AtomicU64,
+    /// Instances inside a runtime call now.
+    busy: AtomicI64,
+    /// Queue wait per item, non-cumulative counts per [`LATENCY_BUCKETS`] slot (last: +Inf).
+    queue_hist: [AtomicU64; LATENCY_SLOTS],
+    /// Runtime call time per executed batch, same layout.
+    run_hist: [AtomicU64; LATENCY_SLOTS],
+}
+
+/// Upper bounds (seconds) of the latency histogram buckets; a last,
+/// unbounded bucket follows.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+];
+
+/// Slots of a latency histogram: one per bound plus the unbounded one.
+const LATENCY_SLOTS: usize = LATENCY_BUCKETS.len() + 1;
+
+/// [`LATENCY_BUCKETS`] in nanoseconds, for the hot path.
+const LATENCY_BOUNDS_NS: [u64; 14] = [
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    10_000_000_000,
+    60_000_000_000,
+];
+
+/// The slot of a duration in nanoseconds.
+fn latency_slot(nanos: u64) -> usize {
+    LATENCY_BOUNDS_NS
+        .iter()
+        .position(|&b| nanos <= b)
+        .unwrap_or(LATENCY_BOUNDS_NS.len())
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Queue waits of one batch's items, added to [`Stats`] in one go.
+#[derive(Debug, Default)]
+pub(crate) struct QueueWaits {
+    nanos: u64,
+    slots: [u64; LATENCY_SLOTS],
+}
+
+impl QueueWaits {
+    /// Adds one item's wait.
+    pub(crate) fn add(&mut self, wait: Duration) {
+        let n = nanos(wait);
+        self.nanos = self.nanos.saturating_add(n);
+        if let Some(s) = self.slots.get_mut(latency_slot(n)) {
+            *s += 1;
+        }
+    }
+}
+
+/// A latency histogram as read: non-cumulative counts per bucket of
+/// [`LATENCY_BUCKETS`], then the count above the last bound, and the sum.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LatencyHistogram {
+    /// `counts[i]` = observations in `(LATENCY_BUCKETS[i-1], LATENCY_BUCKETS[i]]`;
+    /// the last entry counts those above the last bound.
+    pub counts: Vec<u64>,
+    /// Sum of the observations, seconds.
+    pub sum_seconds: f64,
+}
+
+impl LatencyHistogram {
+    /// Number of observations.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -50,6 +137,14 @@ pub struct StatsSnapshot {
     pub queue_seconds: f64,
     /// `batch_sizes[n]` = batches of `n` items.
     pub batch_sizes: Vec<u64>,
+    /// Items held by the batcher, waiting for a batch.
+    pub batcher_window: u64,
+    /// Instances inside a runtime call at the time of the snapshot.
+    pub busy_instances: u64,
+    /// Time from submission to the start of the item's batch, per item that ran.
+    pub queue_wait: LatencyHistogram,
+    /// Runtime call time, per executed batch (bisection re-runs included in its time).
+    pub run_time: LatencyHistogram,
 }
 
 impl StatsSnapshot {
@@ -93,6 +188,31 @@ impl Stats {
             run_nanos: AtomicU64::new(0),
             queue_nanos: AtomicU64::new(0),
             histogram: (0..=max_batch_size).map(|_| AtomicU64::new(0)).collect(),
+            window: AtomicU64::new(0),
+            busy: AtomicI64::new(0),
+            queue_hist: std::array::from_fn(|_| AtomicU64::new(0)),
+            run_hist: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    pub(crate) fn snapshot_window(&self) -> u64 {
+        self.window.load(Relaxed)
+    }
+
+    pub(crate) fn set_window(&self, items: usize) {
+        self.window.store(items as u64, Relaxed);
+    }
+
+    pub(crate) fn instance_busy(&self, busy: bool) {
+        self.busy.fetch_add(if busy { 1 } else { -1 }, Relaxed);
+    }
+
+    pub(crate) fn record_queue_waits(&self, waits: &QueueWaits) {
+        self.queue_nanos.fetch_add(waits.nanos, Relaxed);
+        for (h, &n) in self.queue_hist.iter().zip(&waits.slots) {
+            if n > 0 {
+                h.fetch_add(n, Relaxed);
+            }
         }
     }
 
@@ -107,12 +227,12 @@ impl Stats {
         }
     }
 
-    pub(crate) fn record_run(&self, nanos: u64) {
-        self.run_nanos.fetch_add(nanos, Relaxed);
-    }
-
-    pub(crate) fn record_queue(&self, nanos: u64) {
-        self.queue_nanos.fetch_add(nanos, Relaxed);
+    pub(crate) fn record_run(&self, time: Duration) {
+        let n = nanos(time);
+        self.run_nanos.fetch_add(n, Relaxed);
+        if let Some(h) = self.run_hist.get(latency_slot(n)) {
+            h.fetch_add(1, Relaxed);
+        }
     }
 
     pub(crate) fn record_bisection(&self) {
@@ -141,6 +261,56 @@ impl Stats {
             run_seconds: self.run_nanos.load(Relaxed) as f64 / 1e9,
             queue_seconds: self.queue_nanos.load(Relaxed) as f64 / 1e9,
             batch_sizes: self.histogram.iter().map(|h| h.load(Relaxed)).collect(),
+            batcher_window: self.window.load(Relaxed),
+            busy_instances: u64::try_from(self.busy.load(Relaxed)).unwrap_or(0),
+            queue_wait: LatencyHistogram {
+                counts: self.queue_hist.iter().map(|h| h.load(Relaxed)).collect(),
+                sum_seconds: self.queue_nanos.load(Relaxed) as f64 / 1e9,
+            },
+            run_time: LatencyHistogram {
+                counts: self.run_hist.iter().map(|h| h.load(Relaxed)).collect(),
+                sum_seconds: self.run_nanos.load(Relaxed) as f64 / 1e9,
+            },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_slots_follow_the_bounds() {
+        assert_eq!(latency_slot(0), 0);
+        assert_eq!(latency_slot(500_000), 0);
+        assert_eq!(latency_slot(500_001), 1);
+        assert_eq!(latency_slot(60_000_000_000), LATENCY_BUCKETS.len() - 1);
+        assert_eq!(latency_slot(u64::MAX), LATENCY_BUCKETS.len());
+        for (b, ns) in LATENCY_BUCKETS.iter().zip(LATENCY_BOUNDS_NS) {
+            assert_eq!((b * 1e9).round() as u64, ns);
+        }
+    }
+
+    #[test]
+    fn histograms_count_what_was_recorded() {
+        let s = Stats::new(4);
+        let mut w = QueueWaits::default();
+        w.add(Duration::from_micros(100));
+        w.add(Duration::from_millis(3));
+        w.add(Duration::from_secs(100));
+        s.record_queue_waits(&w);
+        s.record_run(Duration::from_millis(20));
+        s.instance_busy(true);
+        s.set_window(7);
+        let snap = s.snapshot();
+        assert_eq!(snap.queue_wait.count(), 3);
+        assert_eq!(snap.queue_wait.counts[0], 1);
+        assert_eq!(snap.queue_wait.counts[3], 1);
+        assert_eq!(snap.queue_wait.counts[LATENCY_BUCKETS.len()], 1);
+        assert!((snap.queue_wait.sum_seconds - 100.0031).abs() < 1e-6);
+        assert_eq!(snap.run_time.count(), 1);
+        assert_eq!(snap.run_time.counts[5], 1);
+        assert_eq!(snap.busy_instances, 1);
+        assert_eq!(snap.batcher_window, 7);
     }
 }

@@ -25,6 +25,9 @@ pub enum ApiError {
     /// Not allowed (403), e.g. a source path outside the allowed roots.
     #[error("{0}")]
     Forbidden(String),
+    /// The route exists but not for this method (405).
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// The request conflicts with the job's state (409).
     #[error("{0}")]
     Conflict(String),
@@ -61,6 +64,7 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -91,6 +95,8 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(m) => ApiError::NotFound(m),
             StoreError::DuplicateKey(k) => ApiError::BadRequest(format!("duplicate input key '{k}'")),
             StoreError::Conflict(m) => ApiError::Conflict(m),
+            // A malformed argument from the request (e.g. a bad job list cursor) is the client's fault.
+            e @ StoreError::Invalid(_) => ApiError::BadRequest(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }

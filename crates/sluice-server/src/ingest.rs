@@ -169,16 +169,37 @@ pub fn read_source(
         } else {
             let jsonl = matches!(ext.as_str(), "jsonl" | "ndjson" | "json");
             let mut n = 0usize;
-            for line in reader.lines() {
-                let line = line.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                if line.trim().is_empty() {
+            let mut reader = reader;
+            let mut raw = Vec::new();
+            loop {
+                raw.clear();
+                let read = reader
+                    .read_until(b'\n', &mut raw)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                if read == 0 {
+                    break;
+                }
+                if raw.last() == Some(&b'\n') {
+                    raw.pop();
+                    if raw.last() == Some(&b'\r') {
+                        raw.pop();
+                    }
+                }
+                // A line that is not UTF-8 is a malformed line: it fails alone.
+                let line = std::str::from_utf8(&raw).ok();
+                if line.is_some_and(|l| l.trim().is_empty()) {
                     continue;
                 }
                 n += 1;
-                let item = if jsonl {
-                    record_from_json(&line, n).unwrap_or_else(|msg| (n.to_string(), InputValue::Invalid(msg)))
-                } else {
-                    (n.to_string(), InputValue::Text(line))
+                let item = match line {
+                    None => (
+                        n.to_string(),
+                        InputValue::Invalid(format!("line {n} is not valid UTF-8")),
+                    ),
+                    Some(line) if jsonl => {
+                        record_from_json(line, n).unwrap_or_else(|msg| (n.to_string(), InputValue::Invalid(msg)))
+                    }
+                    Some(line) => (n.to_string(), InputValue::Text(line.to_string())),
                 };
                 push(item, &mut buf)?;
             }

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use sluice_core::{Input, ItemErrorKind};
 use sluice_engine::{CancelFlag, Completion, Model, Reply, SubmitOptions};
 use sluice_store::{Completion as Recorded, InputValue, ItemRow, ItemState, Job, Store};
@@ -209,6 +210,10 @@ async fn feeder(
         if sched.stopping.load(Ordering::SeqCst) {
             break;
         }
+        // A job got new inputs (or was created) while we were busy feeding.
+        if wake.notified().now_or_never().is_some() {
+            refresh = true;
+        }
         if refresh || last_refresh.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
             match store.active_jobs().await {
                 Ok(active) => {
@@ -337,7 +342,9 @@ fn to_recorded(c: &Completion) -> Option<Recorded> {
             seq,
             state: ItemState::Done,
             // Through text so float32 values keep their short form (0.0345, not 0.034500002861).
-            output: serde_json::to_string(out).ok().and_then(|t| serde_json::from_str(&t).ok()),
+            output: serde_json::to_string(out)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok()),
             error_code: None,
             error_message: None,
             queue_ms: c.queue_time.as_secs_f64() * 1e3,

@@ -132,9 +132,7 @@ impl From<Job> for JobView {
         let finished = j.completed + j.failed;
         let end = j.finished_at.unwrap_or_else(sluice_store::now_ms);
         let elapsed_ms = j.started_at.map(|s| (end - s).max(0));
-        let items_per_s = elapsed_ms
-            .filter(|&e| e > 0)
-            .map(|e| (finished + j.canceled + j.timedout) as f64 * 1e3 / e as f64);
+        let items_per_s = elapsed_ms.filter(|&e| e > 0).map(|e| finished as f64 * 1e3 / e as f64); // items that ran; canceled ones did not
         let pending = j.pending;
         let eta_s = items_per_s
             .filter(|r| *r > 0.0 && !j.status.is_terminal())
@@ -294,12 +292,27 @@ fn spawn_source_ingest(state: AppState, job_id: String, model: String, path: std
             state.scheduler.notify(&model);
             Ok(())
         });
-        match &result {
-            Ok(n) => tracing::info!(job = %job_id, inputs = n, source = %path.display(), "source ingested"),
-            Err(e) => tracing::error!(job = %job_id, error = %e, source = %path.display(), "source ingestion stopped"),
-        }
-        if let Err(e) = handle.block_on(store.close_job(&job_id)) {
-            tracing::error!(job = %job_id, error = %e, "cannot close job after ingestion");
+        let settled = match &result {
+            Ok(n) => {
+                tracing::info!(job = %job_id, inputs = n, source = %path.display(), "source ingested");
+                handle.block_on(store.close_job(&job_id))
+            }
+            Err(e) => {
+                // As after a restart (`recover_unclosed`): a source that could not be read to the end
+                // is canceled rather than run, and reported COMPLETED, on part of its inputs.
+                tracing::error!(
+                    job = %job_id, error = %e, source = %path.display(),
+                    "source ingestion stopped; canceling the job"
+                );
+                let canceled = handle.block_on(store.cancel_job(&job_id));
+                if let Ok(job) = &canceled {
+                    state.scheduler.cancel(job);
+                }
+                canceled
+            }
+        };
+        if let Err(e) = settled {
+            tracing::error!(job = %job_id, error = %e, "cannot settle job after ingestion");
         }
         state.scheduler.notify(&model);
     });

@@ -1,10 +1,11 @@
-//! HTTP routes: jobs, models, health, and the OpenAPI document.
+//! HTTP routes: jobs, models, health, metrics, the dashboard, and the OpenAPI document.
 
 use axum::routing::{get, post};
 use axum::Router;
 
 use crate::AppState;
 
+pub mod dashboard;
 pub mod jobs;
 pub mod models;
 pub mod openapi;
@@ -12,6 +13,9 @@ pub mod openapi;
 /// Every route of the API.
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/v1/stats", get(dashboard::stats))
+        .route("/metrics", get(crate::metrics::handler))
         .route("/v1/jobs", post(jobs::create).get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/v1/jobs/{id}/inputs", post(jobs::add_inputs))
@@ -23,4 +27,14 @@ pub fn routes() -> Router<AppState> {
         .route("/healthz", get(models::healthz))
         .route("/readyz", get(models::readyz))
         .route("/openapi.json", get(openapi::document))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+async fn not_found(uri: axum::http::Uri) -> crate::ApiError {
+    crate::ApiError::NotFound(format!("no route for {uri}; the API is described at /openapi.json"))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> crate::ApiError {
+    crate::ApiError::MethodNotAllowed(format!("{method} is not allowed on {uri}"))
 }

@@ -49,6 +49,27 @@ pub struct ModelView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub stats: Option<serde_json::Value>,
+    /// The last `sluice bench` of this model (detail view): `{model, backend,
+    /// measured_at, rows: [{batch_size, items_per_s, speedup, ...}]}`, where
+    /// `speedup` is items/s over batch size 1's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub bench: Option<serde_json::Value>,
+}
+
+/// Where `sluice bench` keeps a model's last results, in the model's folder.
+pub const BENCH_FILE: &str = ".bench.json";
+
+/// The last bench results of the model in `dir`, if any were saved and parse.
+pub fn load_bench(dir: &std::path::Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join(BENCH_FILE)).ok()?;
+    match serde_json::from_str(&text) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "ignoring unreadable bench results");
+            None
+        }
+    }
 }
 
 fn view(name: &str, entry: &Entry, detail: bool) -> ModelView {
@@ -76,6 +97,7 @@ fn view(name: &str, entry: &Entry, detail: bool) -> ModelView {
                     }
                     v
                 }),
+                bench: if detail { load_bench(&s.dir) } else { None },
             }
         }
         Entry::Failed { spec, error } => ModelView {
@@ -91,6 +113,7 @@ fn view(name: &str, entry: &Entry, detail: bool) -> ModelView {
             signature: None,
             processing: None,
             stats: None,
+            bench: None,
         },
     }
 }

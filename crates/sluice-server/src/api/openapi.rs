@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{jobs, models};
+use super::{dashboard, jobs, models};
 use crate::error::{ErrorBody, ErrorDetail};
 
 /// The API description.
@@ -22,7 +22,9 @@ use crate::error::{ErrorBody, ErrorDetail};
         models::list,
         models::get,
         models::healthz,
-        models::readyz
+        models::readyz,
+        dashboard::stats,
+        crate::metrics::handler
     ),
     components(schemas(
         ErrorBody,
@@ -35,7 +37,9 @@ use crate::error::{ErrorBody, ErrorDetail};
         jobs::Added,
         jobs::ResultLine,
         models::ModelView,
-        models::Health
+        models::Health,
+        dashboard::Summary,
+        dashboard::ModelStats
     ))
 )]
 pub struct ApiDoc;

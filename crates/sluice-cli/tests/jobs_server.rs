@@ -1,0 +1,678 @@
+//! `sluice serve` as a user runs it: the real binary as a child process on a
+//! loopback port, driven over HTTP and with `sluice jobs`. Checks that a job
+//! gives the same results as `sluice run`, that a job survives `kill -9` of
+//! the server and completes after a restart with exactly one result per
+//! input, and what `sluice jobs list / status / results / cancel` print.
+//!
+//! Every server is killed when its guard drops, also when a test fails.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const SETUP: &str = "run `bash scripts/setup.sh` in the repository root first";
+
+/// Longest a test waits for a server to start or a job to reach a state.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// Environment variables of the binary that must not leak into the tests.
+const SLUICE_ENV: &[&str] = &[
+    "SLUICE_MODELS",
+    "SLUICE_DATA_DIR",
+    "SLUICE_LISTEN",
+    "SLUICE_SOURCE_ROOTS",
+    "SLUICE_MAX_BODY_MB",
+    "SLUICE_MAX_INPUT_MB",
+    "SLUICE_MAX_INPUTS_PER_JOB",
+    "SLUICE_SHUTDOWN_GRACE_S",
+    "SLUICE_SERVER",
+    "SLUICE_THREADS",
+    "SLUICE_DEVICE",
+    "SLUICE_LOG",
+    "SLUICE_LOG_FORMAT",
+];
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repository root")
+}
+
+fn require_onnxruntime() {
+    if let Err(e) = sluice_onnx::locate_library() {
+        panic!("ONNX Runtime is not installed ({e}); {SETUP}");
+    }
+}
+
+/// `models/<name>/<file>` of the repository, which must exist.
+fn repo_model_file(name: &str, file: &str) -> PathBuf {
+    let p = repo_root().join("models").join(name).join(file);
+    assert!(p.is_file(), "{} is missing; {SETUP}", p.display());
+    p
+}
+
+/// Writes `dir/<name>/model.toml` from the repository's `models/<name>/model.toml`
+/// with each `(from, to)` replacement applied (each must match).
+fn write_model(dir: &Path, name: &str, replacements: &[(&str, String)]) {
+    let src = repo_root().join("models").join(name).join("model.toml");
+    let mut text = std::fs::read_to_string(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+    for (from, to) in replacements {
+        assert!(text.contains(from), "{} has no {from:?}", src.display());
+        text = text.replace(from, to);
+    }
+    std::fs::create_dir_all(dir.join(name)).expect("model folder");
+    std::fs::write(dir.join(name).join("model.toml"), text).expect("write model.toml");
+}
+
+/// A TOML string literal for a path.
+fn toml_path(p: &Path) -> String {
+    toml_str(&p.display().to_string())
+}
+
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("string literal")
+}
+
+/// The `sluice` binary with the test environment cleared, run from the repository root.
+fn sluice_cmd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.current_dir(repo_root());
+    for var in SLUICE_ENV {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn run_sluice(args: &[&str]) -> Output {
+    sluice_cmd()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot start the sluice binary")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn assert_success(o: &Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+}
+
+/// A running `sluice serve`; killed (SIGKILL) and reaped when dropped.
+struct ServerProc {
+    child: Child,
+    base: String,
+    log: PathBuf,
+    http: Http,
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServerProc {
+    /// Starts `sluice serve` on a free loopback port and waits until `/readyz`
+    /// answers 200. Retries with another port if the chosen one was taken meanwhile.
+    fn start(models: &Path, data_dir: &Path, source_root: Option<&Path>, log: &Path) -> ServerProc {
+        let http = Http::new();
+        for attempt in 0..5 {
+            let port = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+                l.local_addr().expect("local address").port()
+            };
+            let log_file = File::options().create(true).append(true).open(log).expect("server log");
+            let mut cmd = sluice_cmd();
+            cmd.arg("serve")
+                .arg("--models")
+                .arg(models)
+                .arg("--data-dir")
+                .arg(data_dir)
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log_file);
+            if let Some(root) = source_root {
+                cmd.arg("--source-root").arg(root);
+            }
+            let child = cmd.spawn().expect("cannot start sluice serve");
+            let mut server = ServerProc {
+                child,
+                base: format!("http://127.0.0.1:{port}"),
+                log: log.to_path_buf(),
+                http: http.clone(),
+            };
+            let start = Instant::now();
+            loop {
+                if let Some(status) = server.child.try_wait().expect("try_wait") {
+                    let log = server.log_text();
+                    if log.contains("cannot listen") && attempt < 4 {
+                        break; // the port was taken between our probe and the bind: try another
+                    }
+                    panic!("sluice serve exited early ({status}):\n{log}");
+                }
+                if let Ok((200, _)) = server.try_get("/readyz") {
+                    return server;
+                }
+                assert!(
+                    start.elapsed() < DEADLINE,
+                    "sluice serve never became ready:\n{}",
+                    server.log_text()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("could not find a free port for sluice serve");
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn try_get(&self, path: &str) -> Result<(u16, Value), reqwest::Error> {
+        self.http.get(&self.url(path))
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        self.try_get(path)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\nserver log:\n{}", self.log_text()))
+    }
+
+    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.http
+            .post(&self.url(path), body)
+            .unwrap_or_else(|e| panic!("POST {path}: {e}\nserver log:\n{}", self.log_text()))
+    }
+
+    fn job(&self, id: &str) -> Value {
+        let (status, job) = self.get(&format!("/v1/jobs/{id}"));
+        assert_eq!(status, 200, "GET job {id}: {job}");
+        job
+    }
+
+    /// Polls the job until `done(view)` holds; panics after [`DEADLINE`].
+    fn wait_for(&self, id: &str, what: &str, mut done: impl FnMut(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let job = self.job(id);
+            if done(&job) {
+                return job;
+            }
+            assert!(start.elapsed() < DEADLINE, "job {id} never {what}: {job}");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+/// A blocking HTTP client: reqwest on a small Tokio runtime of its own.
+#[derive(Clone)]
+struct Http {
+    rt: std::sync::Arc<tokio::runtime::Runtime>,
+    client: reqwest::Client,
+}
+
+impl Http {
+    fn new() -> Http {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        Http {
+            rt: std::sync::Arc::new(rt),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("HTTP client"),
+        }
+    }
+
+    fn send(&self, req: reqwest::RequestBuilder) -> Result<(u16, Value), reqwest::Error> {
+        self.rt.block_on(async {
+            let resp = req.send().await?;
+            let status = resp.status().as_u16();
+            let body = resp.text().await?;
+            Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
+        })
+    }
+
+    fn get(&self, url: &str) -> Result<(u16, Value), reqwest::Error> {
+        self.send(self.client.get(url))
+    }
+
+    fn post(&self, url: &str, body: &Value) -> Result<(u16, Value), reqwest::Error> {
+        self.send(self.client.post(url).json(body))
+    }
+
+    /// Streams a results body line by line into `f` (without holding it all).
+    fn each_line(&self, url: &str, mut f: impl FnMut(&[u8])) {
+        self.rt.block_on(async {
+            use futures_util::StreamExt as _;
+            let resp = self.client.get(url).send().await.expect("GET results");
+            assert_eq!(resp.status().as_u16(), 200, "GET {url}");
+            let mut stream = resp.bytes_stream();
+            let mut buf: Vec<u8> = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                buf.extend_from_slice(&chunk.expect("results chunk"));
+                let mut start = 0;
+                while let Some(len) = buf[start..].iter().position(|&b| b == b'\n') {
+                    f(&buf[start..start + len]);
+                    start += len + 1;
+                }
+                buf.drain(..start);
+            }
+            assert!(buf.is_empty(), "results end without a newline");
+        });
+    }
+}
+
+fn count(job: &Value, name: &str) -> u64 {
+    job["counts"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no count {name} in {job}"))
+}
+
+fn is_terminal(job: &Value) -> bool {
+    matches!(
+        job["status"].as_str(),
+        Some("COMPLETED" | "CANCELED" | "TIMEDOUT" | "FAILED")
+    )
+}
+
+fn read_jsonl(path: &Path) -> Vec<Value> {
+    let f = File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    BufReader::new(f)
+        .lines()
+        .map(|l| l.expect("line"))
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+fn embedding(v: &Value) -> Vec<f64> {
+    v["output"]["embedding"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no embedding in {v}"))
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
+}
+
+#[test]
+fn job_results_equal_sluice_run() {
+    require_onnxruntime();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let models = tmp.path().join("models");
+    write_model(
+        &models,
+        "minilm-l6",
+        &[
+            (
+                "model_file = \"model.onnx\"",
+                format!(
+                    "model_file = {}",
+                    toml_path(&repo_model_file("minilm-l6", "model.onnx"))
+                ),
+            ),
+            (
+                "tokenizer = \"tokenizer.json\"",
+                format!(
+                    "tokenizer = {}",
+                    toml_path(&repo_model_file("minilm-l6", "tokenizer.json"))
+                ),
+            ),
+        ],
+    );
+    // The first 50 texts of the sample.
+    let sample = std::fs::read_to_string(repo_root().join("data/texts/sample.jsonl")).expect("sample texts");
+    let texts: Vec<&str> = sample.lines().filter(|l| !l.trim().is_empty()).take(50).collect();
+    assert_eq!(texts.len(), 50);
+    let input = tmp.path().join("texts.jsonl");
+    std::fs::write(&input, texts.join("\n") + "\n").expect("write texts");
+
+    let server = ServerProc::start(&models, &tmp.path().join("data"), None, &tmp.path().join("server.log"));
+    let via_jobs = tmp.path().join("jobs.jsonl");
+    let o = run_sluice(&[
+        "jobs",
+        "--server",
+        &server.base,
+        "submit",
+        "--model",
+        "minilm-l6",
+        "--input",
+        &input.display().to_string(),
+        "--tags",
+        "equality",
+        "--wait",
+        "--output",
+        &via_jobs.display().to_string(),
+    ]);
+    assert_success(&o, "sluice jobs submit --wait");
+    let id = text(&o.stdout).trim().to_string();
+    assert_eq!(id.len(), 32, "submit prints the job id, got {id:?}");
+    assert!(text(&o.stderr).contains("COMPLETED"), "{}", text(&o.stderr));
+
+    let via_run = tmp.path().join("run.jsonl");
+    let o = run_sluice(&[
+        "run",
+        "--model",
+        &models.join("minilm-l6").display().to_string(),
+        "--input",
+        &input.display().to_string(),
+        "--output",
+        &via_run.display().to_string(),
+        "--quiet",
+    ]);
+    assert_success(&o, "sluice run");
+
+    let jobs: HashMap<String, Value> = read_jsonl(&via_jobs)
+        .into_iter()
+        .map(|v| (v["key"].as_str().expect("key").to_string(), v))
+        .collect();
+    let run: HashMap<String, Value> = read_jsonl(&via_run)
+        .into_iter()
+        .map(|v| (v["id"].as_str().expect("id").to_string(), v))
+        .collect();
+    assert_eq!(jobs.len(), 50, "one job result per input");
+    assert_eq!(run.len(), 50, "one run result per input");
+    assert_eq!(
+        jobs.keys().collect::<HashSet<_>>(),
+        run.keys().collect::<HashSet<_>>(),
+        "the same ids"
+    );
+    let mut worst = 0f64;
+    for (key, r) in &run {
+        let j = &jobs[key];
+        assert_eq!(j["state"], "done", "{j}");
+        let (a, b) = (embedding(j), embedding(r));
+        assert_eq!(a.len(), 384);
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    eprintln!("largest difference between the job's and the run's embeddings: {worst:e}");
+    assert!(worst <= 1e-6, "embeddings differ by up to {worst}");
+}
+
+/// A line of the results stream of the `mlp` model, read without building
+/// a JSON tree of its 512 output values (a 20,000-line stream is ~100 MB).
+#[derive(serde::Deserialize)]
+struct ResultRow {
+    key: String,
+    state: String,
+    cursor: i64,
+    output: Option<MlpOutput>,
+    error: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct MlpOutput {
+    tensors: MlpTensors,
+}
+
+#[derive(serde::Deserialize)]
+struct MlpTensors {
+    output: MlpTensor,
+}
+
+#[derive(serde::Deserialize)]
+struct MlpTensor {
+    data: Vec<serde::de::IgnoredAny>,
+}
+
+#[test]
+fn job_survives_kill_9_and_completes_after_restart() {
+    const N: usize = 20_000;
+    require_onnxruntime();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let models = tmp.path().join("models");
+    write_model(
+        &models,
+        "mlp",
+        &[
+            (
+                "model_file = \"model.onnx\"",
+                format!("model_file = {}", toml_path(&repo_model_file("mlp", "model.onnx"))),
+            ),
+            ("max_batch_size = 32", "max_batch_size = 8".to_string()),
+        ],
+    );
+    let root = tmp.path().join("sources");
+    std::fs::create_dir(&root).expect("source root");
+    let input = root.join("inputs.jsonl");
+    {
+        let mut w = std::io::BufWriter::new(File::create(&input).expect("inputs file"));
+        for i in 0..N {
+            // 512 floats, written as one-digit numbers to keep the file (and the store) small.
+            let v: Vec<u8> = (0..512).map(|j| ((i * 31 + j * 7) % 10) as u8).collect();
+            serde_json::to_writer(&mut w, &json!({"id": format!("i{i:05}"), "tensor": v})).expect("write line");
+            w.write_all(b"\n").expect("newline");
+        }
+        w.flush().expect("flush");
+    }
+    let data = tmp.path().join("data");
+    let log = tmp.path().join("server.log");
+
+    let server = ServerProc::start(&models, &data, Some(&root), &log);
+    let (status, job) = server.post(
+        "/v1/jobs",
+        &json!({"model": "mlp", "source": input.display().to_string()}),
+    );
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().expect("id").to_string();
+
+    // The source must be fully read (and the job closed) before the kill,
+    // or the restart rightly cancels the half-read job. Ingestion closes the
+    // job right after its last chunk, in the store's write queue ahead of the
+    // results recorded after it: so once all inputs are in, wait until
+    // results have been recorded twice more, then kill at >= 20%.
+    let ingested = server.wait_for(&id, "ingested its source", |j| count(j, "total") == N as u64);
+    let after = count(&ingested, "completed");
+    let mut increments = 0;
+    let mut last = after;
+    let at_kill = server.wait_for(&id, "reached 20%", |j| {
+        let c = count(j, "completed");
+        if c > last {
+            increments += 1;
+            last = c;
+        }
+        increments >= 2 && c >= N as u64 / 5
+    });
+    drop(server); // SIGKILL
+    let killed_at = count(&at_kill, "completed");
+    eprintln!("killed the server with {killed_at} of {N} items completed");
+    assert!(
+        killed_at < N as u64 && !is_terminal(&at_kill),
+        "the job finished before the kill; make the model slower: {at_kill}"
+    );
+
+    let server = ServerProc::start(&models, &data, Some(&root), &log);
+    let job = server.wait_for(&id, "ended after the restart", is_terminal);
+    assert_eq!(job["status"], "COMPLETED", "{job}\nserver log:\n{}", server.log_text());
+    assert_eq!(count(&job, "total"), N as u64, "{job}");
+    assert_eq!(count(&job, "completed"), N as u64, "{job}");
+    assert_eq!(count(&job, "pending"), 0, "{job}");
+    for k in ["failed", "canceled", "timedout"] {
+        assert_eq!(count(&job, k), 0, "{job}");
+    }
+    assert!(count(&job, "completed") > killed_at);
+
+    let mut keys = HashSet::with_capacity(N);
+    let mut lines = 0usize;
+    let mut last_cursor = -1i64;
+    server
+        .http
+        .each_line(&server.url(&format!("/v1/jobs/{id}/results")), |line| {
+            let v: ResultRow = serde_json::from_slice(line)
+                .unwrap_or_else(|e| panic!("bad result line ({e}): {}", String::from_utf8_lossy(line)));
+            lines += 1;
+            assert_eq!(v.state, "done", "{}: {:?}", v.key, v.error);
+            let outputs = v.output.map(|o| o.tensors.output.data.len());
+            assert_eq!(outputs, Some(512), "{}", v.key);
+            assert!(v.cursor > last_cursor, "cursors out of order at {}", v.key);
+            last_cursor = v.cursor;
+            assert!(keys.insert(v.key.clone()), "{} has two results", v.key);
+        });
+    assert_eq!(lines, N);
+    assert_eq!(keys.len(), N);
+    assert!(keys.contains("i00000") && keys.contains(&format!("i{:05}", N - 1)));
+}
+
+#[test]
+fn jobs_list_status_results_and_cancel_print_sensible_output() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let models = tmp.path().join("models");
+    write_model(&models, "noop", &[]);
+    let input = tmp.path().join("vectors.jsonl");
+    std::fs::write(
+        &input,
+        "{\"id\": \"a\", \"input\": [1, 2, 3]}\n{\"id\": \"b\", \"input\": [4, 5, 6]}\n{\"id\": \"c\", \"input\": [7, 8, 9]}\n",
+    )
+    .expect("write inputs");
+    let server = ServerProc::start(&models, &tmp.path().join("data"), None, &tmp.path().join("server.log"));
+    let base = server.base.clone();
+    let jobs = |args: &[&str]| -> Output {
+        let mut all = vec!["jobs", "--server", base.as_str()];
+        all.extend_from_slice(args);
+        run_sluice(&all)
+    };
+
+    let o = jobs(&[
+        "submit",
+        "--model",
+        "noop",
+        "--input",
+        &input.display().to_string(),
+        "--tags",
+        "cli,demo",
+        "--wait",
+    ]);
+    assert_success(&o, "jobs submit");
+    let id = text(&o.stdout).trim().to_string();
+    assert_eq!(id.len(), 32, "submit prints the job id, got {id:?}");
+    let err = text(&o.stderr);
+    assert!(err.contains("uploading 3 inputs"), "{err}");
+    assert!(err.contains("COMPLETED") && err.contains("3 completed"), "{err}");
+
+    // status: the job as pretty JSON.
+    let o = jobs(&["status", &id]);
+    assert_success(&o, "jobs status");
+    let v: Value = serde_json::from_slice(&o.stdout).expect("status prints JSON");
+    assert_eq!(v["id"], id.as_str());
+    assert_eq!(v["status"], "COMPLETED");
+    assert_eq!(v["model"], "noop");
+    assert_eq!(v["tags"], json!(["cli", "demo"]));
+    assert_eq!(count(&v, "total"), 3);
+    assert_eq!(count(&v, "completed"), 3);
+    assert!(text(&o.stdout).lines().count() > 5, "pretty-printed");
+
+    // results: NDJSON on stdout, a count on stderr.
+    let o = jobs(&["results", &id]);
+    assert_success(&o, "jobs results");
+    let lines: Vec<Value> = text(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("NDJSON"))
+        .collect();
+    assert_eq!(lines.len(), 3);
+    let a = lines.iter().find(|l| l["key"] == "a").expect("result a");
+    assert_eq!(a["state"], "done");
+    assert_eq!(a["output"]["tensors"]["output"]["data"], json!([1.0, 2.0, 3.0]));
+    assert!(text(&o.stderr).contains("3 results"), "{}", text(&o.stderr));
+
+    // An open job stays SUBMITTED until canceled.
+    let (status, open) = server.post("/v1/jobs", &json!({"model": "noop", "open": true, "tags": ["demo"]}));
+    assert_eq!(status, 201, "{open}");
+    let open_id = open["id"].as_str().expect("id").to_string();
+
+    // list: a header and one row per job, newest first.
+    let o = jobs(&["list"]);
+    assert_success(&o, "jobs list");
+    let out = text(&o.stdout);
+    let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    assert_eq!(rows[0], ["ID", "STATUS", "MODEL", "TOTAL", "DONE", "FAILED"], "{out}");
+    assert_eq!(rows[1], [open_id.as_str(), "SUBMITTED", "noop", "0", "0", "0"], "{out}");
+    assert_eq!(rows[2], [id.as_str(), "COMPLETED", "noop", "3", "3", "0"], "{out}");
+
+    let o = jobs(&["list", "--status", "completed", "--tag", "demo", "--model", "noop"]);
+    assert_success(&o, "jobs list --status --tag --model");
+    let out = text(&o.stdout);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.contains(&id) && !out.contains(&open_id), "{out}");
+    let o = jobs(&["list", "--tag", "nope"]);
+    assert_success(&o, "jobs list --tag nope");
+    assert_eq!(
+        text(&o.stdout).lines().count(),
+        1,
+        "only the header: {}",
+        text(&o.stdout)
+    );
+
+    // cancel: "<id> CANCELED".
+    let o = jobs(&["cancel", &open_id]);
+    assert_success(&o, "jobs cancel");
+    assert_eq!(text(&o.stdout).trim(), format!("{open_id} CANCELED"));
+    assert_eq!(server.job(&open_id)["status"], "CANCELED");
+    // Canceling a finished job leaves it as it was.
+    let o = jobs(&["cancel", &id]);
+    assert_success(&o, "jobs cancel (finished job)");
+    assert_eq!(text(&o.stdout).trim(), format!("{id} COMPLETED"));
+
+    // Errors name the problem and fail.
+    let unknown = "0123456789abcdef0123456789abcdef";
+    for args in [
+        vec!["status", unknown],
+        vec!["cancel", unknown],
+        vec!["results", unknown],
+    ] {
+        let o = jobs(&args);
+        assert!(!o.status.success(), "jobs {args:?} should fail");
+        let err = text(&o.stderr);
+        assert!(err.contains("404") && err.contains(unknown), "jobs {args:?}: {err}");
+    }
+    let o = jobs(&["list", "--status", "sleeping"]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("400"), "{}", text(&o.stderr));
+
+    // SIGTERM: a graceful shutdown, exit status 0.
+    let mut server = server;
+    let o = Command::new("kill")
+        .arg("-TERM")
+        .arg(server.child.id().to_string())
+        .output()
+        .expect("kill -TERM");
+    assert!(o.status.success(), "kill -TERM: {}", text(&o.stderr));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(start.elapsed() < DEADLINE, "sluice serve ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "graceful shutdown exited with {status}:\n{}",
+        server.log_text()
+    );
+}
