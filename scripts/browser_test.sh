@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Browser test of the dashboard: starts `sluice serve` on a free loopback port
-# with the repository's models, submits 2,000 texts to minilm-l6, and runs
+# with the repository's models, submits 5,000 texts to minilm-l6, and runs
 # tests/browser/dashboard.mjs in headless Debian Chromium (playwright-core):
 # the job's progress must advance, the batch-size and throughput charts must
-# render, and nothing may be fetched from outside the server. Writes
-# out/dashboard.png.
+# render, nothing may be fetched from outside the server, and the cancel
+# button must cancel the job. Writes out/dashboard.png.
 #
 # Needs: /usr/bin/chromium (apt-get install -y chromium), node + npm,
 # ONNX Runtime and the models (bash scripts/setup.sh).
@@ -52,7 +52,8 @@ for _ in $(seq 1 150); do
 done
 curl -sf "$BASE/readyz" >/dev/null || { cat "$WORK/server.log" >&2; echo "browser_test: the server is not ready" >&2; exit 1; }
 
-N=${BROWSER_TEST_TEXTS:-2000}
+# Enough to stay in progress for several seconds even on a fast machine.
+N=${BROWSER_TEST_TEXTS:-5000}
 # Cycle the sample texts to N lines (ids come from line numbers).
 python3 - "$N" data/texts/sample.jsonl "$WORK/texts.jsonl" <<'PY'
 import json, sys

@@ -2,7 +2,8 @@
 // playwright-core) from a running server with a job in progress, and checks
 // that the job's progress advances between two reads, that the batch-size
 // chart and the throughput chart rendered, and that the page fetched nothing
-// from outside the server. Saves a screenshot.
+// from outside the server; then cancels the job with its button. Saves a
+// screenshot (before canceling).
 //
 // usage: node dashboard.mjs BASE_URL JOB_ID MODEL SCREENSHOT
 import { chromium } from "playwright-core";
@@ -90,6 +91,12 @@ try {
 
   await page.screenshot({ path: shot, fullPage: true });
   console.log(`screenshot: ${shot}`);
+  // The cancel button cancels the job (DELETE /v1/jobs/{id}) after a confirmation.
+  page.once("dialog", (d) => d.accept());
+  await row.locator("button.cancel").click();
+  await row.locator(".status.CANCELED").waitFor({ timeout: 10000 });
+  console.log("cancel button: job canceled");
+
   if (foreign.length) fail(`the page fetched from outside the server: ${foreign.join(", ")}`);
   if (errors.length) fail(`page errors: ${errors.join(" | ")}`);
   console.log("dashboard browser test: ok");
