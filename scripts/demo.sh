@@ -5,6 +5,7 @@
 #   1. 3,500 real short texts (data/texts) -> all-MiniLM-L6-v2 embeddings
 #   2. 17 real photos (data/images)        -> NanoDet-m COCO detections
 #   3. throughput at batch size 1 and at each model's max batch size
+#      (tweet-sized texts from data/texts/short.jsonl for MiniLM)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +39,6 @@ PY
 
 echo
 echo "[demo] 3/3 throughput at batch size 1 vs the max batch size (this machine)"
-$SLUICE bench --model models/minilm-l6 --batch-sizes 1,32 --seconds 4
+$SLUICE bench --model models/minilm-l6 --input data/texts/short.jsonl --batch-sizes 1,8,32 --seconds 4
 echo
 $SLUICE bench --model models/nanodet-m --batch-sizes 1,8 --seconds 4

@@ -331,20 +331,17 @@ async fn through_engine(
     let mut s = spec.clone();
     s.max_batch_size = b;
     s.group_by_length = group;
-    let model = Model::start(s, backend)?;
-    // Warm up: a few batches, not measured.
-    let warm = (b * 2).min(samples.len().max(b));
-    let _ = feed(&model, samples, warm, None).await?;
-    let before = model.stats();
-    let (done, lat) = feed(&model, samples, usize::MAX, Some(dur)).await?;
-    let after = model.stats();
+    let model = Model::start(s.clone(), backend)?;
+    let run = feed(&model, samples, &s, dur).await;
     model.close();
     model.join().await;
+    let run = run?;
+    let (before, after) = (run.before, run.after);
     let batches = after.batches.saturating_sub(before.batches);
     let items = after.batched_items.saturating_sub(before.batched_items);
     let tokens = after.tokens.saturating_sub(before.tokens);
     let padding = after.padding.saturating_sub(before.padding);
-    let mut lat = lat;
+    let mut lat = run.latencies;
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| {
         lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
@@ -352,7 +349,7 @@ async fn through_engine(
             .unwrap_or(0.0)
     };
     Ok(Measured {
-        items_per_s: done,
+        items_per_s: run.items_per_s,
         mean_batch: if batches == 0 {
             0.0
         } else {
@@ -368,62 +365,99 @@ async fn through_engine(
     })
 }
 
-/// Feeds items (cycling `samples`) until `limit` items or `dur` elapsed;
-/// returns items/s over completed items and the batch latencies (ms) seen.
-async fn feed(
-    model: &Model,
-    samples: &[Prepared],
-    limit: usize,
-    dur: Option<Duration>,
-) -> anyhow::Result<(f64, Vec<f64>)> {
+/// What one continuous feeding run measured.
+struct FeedRun {
+    items_per_s: f64,
+    latencies: Vec<f64>,
+    before: sluice_engine::StatsSnapshot,
+    after: sluice_engine::StatsSnapshot,
+}
+
+/// Feeds items (cycling `samples`) continuously, keeping the model's batch
+/// window plus two batches per instance in flight (bounded memory, and the
+/// batcher always has a full window to choose from). The clock starts once a
+/// few batches have completed (warm-up, queues primed) and stops `dur` later;
+/// items still queued then are canceled instead of drained.
+async fn feed(model: &Model, samples: &[Prepared], spec: &ModelSpec, dur: Duration) -> anyhow::Result<FeedRun> {
+    let b = spec.max_batch_size;
+    // Length grouping chooses among the whole batch window; fixed-size inputs need only a batch ready.
+    let choice = if spec.group_by_length {
+        spec.batch_window.unwrap_or(16 * b).max(b)
+    } else {
+        b
+    };
+    let window = choice + 2 * b * spec.instances;
+    let permits = Arc::new(tokio::sync::Semaphore::new(window));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (tx, mut rx) = mpsc::channel::<Completion>(4096);
-    // When the time is up, items still queued are canceled rather than
-    // drained, and the rate counts completed items up to the last one.
     let cancel = CancelFlag::new();
-    let start = Instant::now();
-    let counter = tokio::spawn(async move {
-        let mut n = 0u64;
-        let mut lat = Vec::new();
-        let mut last_batch = (Duration::ZERO, 0usize);
-        let mut last = start;
-        while let Some(c) = rx.recv().await {
-            if c.result
-                .as_ref()
-                .is_err_and(|e| e.kind == sluice_core::ItemErrorKind::Canceled)
-            {
-                continue;
+    let warm = (2 * b * spec.instances).max(8) as u64;
+    let counter = {
+        let permits = permits.clone();
+        let stop = stop.clone();
+        let model = model.clone();
+        tokio::spawn(async move {
+            let mut seen = 0u64;
+            let mut measured = 0u64;
+            let mut t0: Option<(Instant, sluice_engine::StatsSnapshot)> = None;
+            let mut end: Option<(Instant, sluice_engine::StatsSnapshot)> = None;
+            let mut lat = Vec::new();
+            let mut last_batch = (Duration::ZERO, 0usize);
+            while let Some(c) = rx.recv().await {
+                permits.add_permits(1);
+                let canceled = c
+                    .result
+                    .as_ref()
+                    .is_err_and(|e| e.kind == sluice_core::ItemErrorKind::Canceled);
+                if canceled || end.is_some() {
+                    continue;
+                }
+                seen += 1;
+                let now = Instant::now();
+                let Some((start, _)) = &t0 else {
+                    if seen >= warm {
+                        t0 = Some((now, model.stats()));
+                    }
+                    continue;
+                };
+                measured += 1;
+                // One latency sample per batch: consecutive items of a batch share run_time.
+                if (c.run_time, c.batch_size) != last_batch {
+                    lat.push(c.run_time.as_secs_f64() * 1e3);
+                    last_batch = (c.run_time, c.batch_size);
+                }
+                if now.duration_since(*start) >= dur {
+                    end = Some((now, model.stats()));
+                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
             }
-            n += 1;
-            last = Instant::now();
-            // One latency sample per batch: consecutive items of a batch share run_time.
-            if (c.run_time, c.batch_size) != last_batch {
-                lat.push(c.run_time.as_secs_f64() * 1e3);
-                last_batch = (c.run_time, c.batch_size);
-            }
-        }
-        (n, lat, last)
-    });
+            (measured, t0, end, lat)
+        })
+    };
     let opts = SubmitOptions {
         cancel: Some(cancel.clone()),
     };
     let mut k = 0usize;
-    while k < limit {
-        if dur.is_some_and(|d| start.elapsed() >= d) {
-            break;
-        }
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        permits.acquire().await?.forget();
         let item = samples[k % samples.len()].clone();
         model
             .submit_prepared_with(k.to_string(), item, Reply::Stream(tx.clone()), opts.clone())
             .await?;
         k += 1;
     }
-    if dur.is_some() {
-        cancel.cancel();
-    }
+    cancel.cancel();
     drop(tx);
-    let (n, lat, last) = counter.await?;
-    let elapsed = last.duration_since(start).as_secs_f64();
-    Ok((n as f64 / elapsed.max(1e-9), lat))
+    let (measured, t0, end, lat) = counter.await?;
+    let (Some((start, before)), Some((stop_at, after))) = (t0, end) else {
+        anyhow::bail!("the model stopped before the measurement finished");
+    };
+    Ok(FeedRun {
+        items_per_s: measured as f64 / stop_at.duration_since(start).as_secs_f64().max(1e-9),
+        latencies: lat,
+        before,
+        after,
+    })
 }
 
 /// Raw ONNX Runtime: the same first-come-first-served batches, stacked and

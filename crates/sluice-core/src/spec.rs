@@ -85,6 +85,11 @@ pub struct ModelSpec {
     /// Group items of similar length into batches (text models).
     #[serde(default = "yes")]
     pub group_by_length: bool,
+    /// Items the batcher holds to choose each batch from; default
+    /// `16 × max_batch_size`. Larger finds closer lengths (less padding);
+    /// smaller bounds how long an item can be passed over.
+    #[serde(default)]
+    pub batch_window: Option<usize>,
     /// Input and output handling.
     pub processing: ProcessingSpec,
     /// Model folder (set on load, not read from the file).
@@ -366,6 +371,9 @@ impl ModelSpec {
         }
         if self.queue_capacity == 0 {
             return Err("queue_capacity must be at least 1".into());
+        }
+        if self.batch_window.is_some_and(|w| w < self.max_batch_size) {
+            return Err("batch_window must be at least max_batch_size".into());
         }
         if self.preprocess_threads == 0 {
             return Err("preprocess_threads must be at least 1".into());

@@ -52,9 +52,9 @@ pub(crate) fn config(spec: &ModelSpec) -> Config {
             group_by_length: spec.group_by_length,
         },
         window: spec
-            .max_batch_size
-            .saturating_mul(4)
-            .min(spec.max_batch_size + spec.queue_capacity),
+            .batch_window
+            .unwrap_or_else(|| spec.max_batch_size.saturating_mul(16))
+            .max(spec.max_batch_size),
     }
 }
 

@@ -147,6 +147,11 @@ pub fn open_session(
                 .map_err(|e| model_err(e.to_string()))?;
         }
         b = b.with_inter_threads(1).map_err(|e| model_err(e.to_string()))?;
+        if std::env::var("SLUICE_ORT_SPIN").is_ok_and(|v| v == "0") {
+            b = b
+                .with_config_entry("session.intra_op.allow_spinning", "0")
+                .map_err(|e| model_err(e.to_string()))?;
+        }
         Ok(b)
     };
     match device {
@@ -338,16 +343,21 @@ impl Runtime for OnnxInstance {
             let (t, _) = Tensor::stack(name, &items, 0.0).map_err(|e| BatchError::new(e.to_string()))?;
             stacked.push((name.clone(), t));
         }
-        let outputs = self.run_stacked(stacked)?;
+        // Split each output straight from ONNX Runtime's buffer into per-item
+        // tensors: one copy, not a batch copy and then per-item copies.
+        let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(stacked.len());
+        for (name, t) in stacked {
+            let v = to_ort(t).map_err(|e| BatchError::new(format!("input '{name}': {e}")))?;
+            values.push((Cow::Owned(name), SessionInputValue::from(v)));
+        }
+        let outputs = self.session.run(values).map_err(|e| BatchError::new(e.to_string()))?;
         let mut results: Vec<NamedTensors> = (0..n).map(|_| NamedTensors::new()).collect();
-        for (name, t) in outputs {
-            if t.shape.first() != Some(&n) {
-                return Err(BatchError::new(format!(
-                    "output '{name}' has shape {:?}, expected a batch dimension of {n}",
-                    t.shape
-                )));
-            }
-            for (item, part) in results.iter_mut().zip(t.split_first()) {
+        for name in &self.outputs {
+            let value = outputs
+                .get(name.as_str())
+                .ok_or_else(|| BatchError::new(format!("missing output '{name}'")))?;
+            let parts = split_ort(value, n).map_err(|e| BatchError::new(format!("output '{name}': {e}")))?;
+            for (item, part) in results.iter_mut().zip(parts) {
                 item.insert(name.clone(), part);
             }
         }
@@ -365,6 +375,43 @@ fn to_ort(t: Tensor) -> Result<DynValue, ort::Error> {
         TensorData::U8(v) => ort::value::Tensor::from_array((shape, v))?.into_dyn(),
         TensorData::I8(v) => ort::value::Tensor::from_array((shape, v))?.into_dyn(),
         TensorData::Bool(v) => ort::value::Tensor::from_array((shape, v))?.into_dyn(),
+    })
+}
+
+/// Splits a batch output `[n, ...]` into `n` per-item tensors.
+fn split_ort(v: &DynValue, n: usize) -> Result<Vec<Tensor>, String> {
+    let ValueType::Tensor { ty, .. } = v.dtype() else {
+        return Err("not a tensor".into());
+    };
+    macro_rules! split {
+        ($t:ty, $variant:ident) => {{
+            let (shape, data) = v.try_extract_tensor::<$t>().map_err(|e| e.to_string())?;
+            let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+            if shape.first() != Some(&n) {
+                return Err(format!("shape {shape:?} lacks a batch dimension of {n}"));
+            }
+            let rest = shape[1..].to_vec();
+            let per: usize = rest.iter().product();
+            if data.len() != per * n {
+                return Err(format!("{} elements do not fill shape {shape:?}", data.len()));
+            }
+            (0..n)
+                .map(|i| Tensor {
+                    shape: rest.clone(),
+                    data: TensorData::$variant(data[i * per..(i + 1) * per].to_vec()),
+                })
+                .collect()
+        }};
+    }
+    Ok(match ty {
+        TensorElementType::Float32 => split!(f32, F32),
+        TensorElementType::Float64 => split!(f64, F64),
+        TensorElementType::Int64 => split!(i64, I64),
+        TensorElementType::Int32 => split!(i32, I32),
+        TensorElementType::Uint8 => split!(u8, U8),
+        TensorElementType::Int8 => split!(i8, I8),
+        TensorElementType::Bool => split!(bool, Bool),
+        other => return Err(format!("unsupported output element type {other:?}")),
     })
 }
 
