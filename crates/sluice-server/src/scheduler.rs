@@ -2,10 +2,11 @@
 //!
 //! Per model, one **feeder** task streams pending items of that model's active
 //! jobs from the store into the model, a page at a time, and one **writer**
-//! task records completions in batches. The feeder keeps only a small window
-//! of items in flight per model (a few batches), so the engine's queues stay
-//! short: a job submitted behind a ten-million-item job gets its first items
-//! into the next batch or two, not after the backlog.
+//! task records completions in batches. The feeder keeps a bounded window of
+//! items in flight per model (the batch window when the model groups by
+//! length, plus a few batches), so the engine's queues stay short: a job
+//! submitted behind a ten-million-item job gets its items in after at most
+//! that window, not after the backlog.
 //!
 //! Fairness: jobs on the same model share it by weighted round robin; a job
 //! of priority `p` sends `1 + p` items per turn (priority clamped to 0..=9).
@@ -82,7 +83,15 @@ impl Scheduler {
         let mut writers = Vec::new();
         for model in registry.ready() {
             let name = model.spec().name.clone();
-            let window = cfg.in_flight_batches.max(1) * model.spec().max_batch_size * model.spec().instances;
+            let spec = model.spec();
+            // Length grouping needs the whole batch window to choose from; on
+            // top of it, a few batches per instance keep every instance busy.
+            let choice = if spec.group_by_length {
+                spec.batch_window.unwrap_or(16 * spec.max_batch_size)
+            } else {
+                0
+            };
+            let window = choice + cfg.in_flight_batches.max(1) * spec.max_batch_size * spec.instances;
             let permits = Arc::new(Semaphore::new(window));
             let (tx, rx) = mpsc::channel::<Completion>(window.max(64) * 2);
             writers.push(tokio::spawn(writer(store.clone(), rx, permits.clone(), cfg.clone())));
