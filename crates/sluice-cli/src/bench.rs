@@ -247,10 +247,7 @@ async fn prepare_samples(
     let raw: Vec<Input> = match input.or(default) {
         Some(path) => {
             let source = Source::open(path, kind).with_context(|| format!("bench inputs ({path}); pass --input"))?;
-            let fields = Fields {
-                id: "id".into(),
-                value: if kind == Kind::Tensor { "input" } else { "text" }.into(),
-            };
+            let fields = Fields::new(kind, "id", None);
             let mut rx = source.stream(kind, fields);
             let mut v = Vec::new();
             while let Some(item) = rx.recv().await {

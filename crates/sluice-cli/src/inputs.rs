@@ -31,6 +31,18 @@ pub struct Fields {
     pub value: String,
 }
 
+impl Fields {
+    /// The id field and the payload field, defaulting to `text` (or `input`
+    /// for tensor models).
+    pub fn new(kind: Kind, id: &str, value: Option<&str>) -> Fields {
+        let default = if kind == Kind::Tensor { "input" } else { "text" };
+        Fields {
+            id: id.to_string(),
+            value: value.unwrap_or(default).to_string(),
+        }
+    }
+}
+
 /// What kind of payload the model takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

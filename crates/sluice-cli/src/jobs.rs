@@ -209,13 +209,7 @@ async fn submit(http: &reqwest::Client, base: &str, args: SubmitArgs) -> anyhow:
     };
     let source = Source::open(&args.input, kind)?;
     let total = source.count()?;
-    let fields = Fields {
-        id: args.id_field.clone(),
-        value: args
-            .field
-            .clone()
-            .unwrap_or_else(|| if kind == Kind::Tensor { "input" } else { "text" }.into()),
-    };
+    let fields = Fields::new(kind, &args.id_field, args.field.as_deref());
     let job = check(
         http.post(format!("{base}/v1/jobs"))
             .json(&serde_json::json!({

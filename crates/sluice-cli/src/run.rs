@@ -66,13 +66,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let kind = Kind::of(&spec.processing);
     let source = Source::open(&args.input, kind)?;
     let total = source.count()?;
-    let fields = Fields {
-        id: args.id_field.clone(),
-        value: args
-            .field
-            .clone()
-            .unwrap_or_else(|| if kind == Kind::Tensor { "input" } else { "text" }.into()),
-    };
+    let fields = Fields::new(kind, &args.id_field, args.field.as_deref());
     let name = spec.name.clone();
     let model = tokio::task::spawn_blocking(move || Model::load(spec)).await??;
 

@@ -147,11 +147,6 @@ pub fn open_session(
                 .map_err(|e| model_err(e.to_string()))?;
         }
         b = b.with_inter_threads(1).map_err(|e| model_err(e.to_string()))?;
-        if std::env::var("SLUICE_ORT_SPIN").is_ok_and(|v| v == "0") {
-            b = b
-                .with_config_entry("session.intra_op.allow_spinning", "0")
-                .map_err(|e| model_err(e.to_string()))?;
-        }
         Ok(b)
     };
     match device {
