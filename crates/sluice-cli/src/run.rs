@@ -137,16 +137,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
     let s = model.stats();
+    // Padding only means something where items differ in length (text).
+    let padding = if kind == Kind::Text {
+        format!(
+            "; padding {:.1}% (length grouping saved {} tokens)",
+            100.0 * s.padding_ratio(),
+            s.padding_saved()
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
-        "{name}: {} items ({} ok, {} failed) in {elapsed:.2}s = {:.1} items/s; mean batch {:.1} of max {}; padding {:.1}% (length grouping saved {} tokens){}",
+        "{name}: {} items ({} ok, {} failed) in {elapsed:.2}s = {:.1} items/s; mean batch {:.1} of max {}{padding}{}",
         written.total,
         written.ok,
         written.failed,
         written.total as f64 / elapsed.max(1e-9),
         s.mean_batch_size(),
         model.spec().max_batch_size,
-        100.0 * s.padding_ratio(),
-        s.padding_saved(),
         if interrupted {
             format!(" [interrupted: {} items not run]", written.canceled)
         } else {
