@@ -13,6 +13,7 @@ cargo build --release -q -p sluice-cli
 SLUICE=target/release/sluice
 $SLUICE bench --model models/nanodet-m --batch-sizes 8 --raw --repeat "$REPEAT" --seconds 4
 echo
-$SLUICE bench --model models/minilm-l6 --batch-sizes 32 --raw --repeat "$REPEAT" --seconds 5
+# MiniLM batches of 32 long texts take up to a second each: measure longer.
+$SLUICE bench --model models/minilm-l6 --batch-sizes 32 --raw --repeat 3 --seconds 15
 echo
 $SLUICE bench --model models/noop --batch-sizes 1,64 --repeat 3 --seconds 2
