@@ -53,6 +53,10 @@ pub struct BenchArgs {
     overrides: Overrides,
 }
 
+/// Batches (per instance) run before the clock starts, in the engine run and
+/// the raw baseline alike, so both time the same batches.
+const WARM_BATCHES: usize = 2;
+
 /// One measured configuration.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
@@ -90,11 +94,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
 
     let spec_for_load = spec.clone();
     let backend = tokio::task::spawn_blocking(move || sluice_engine::load_backend(&spec_for_load)).await??;
-    let probe = Model::start(spec.clone(), backend.clone())?;
-    let samples = prepare_samples(&spec, &probe, args.input.as_deref(), max_b).await?;
-    probe.close();
-    probe.join().await;
-    drop(probe);
+    let samples = prepare_samples(&spec, backend.as_ref(), args.input.as_deref(), max_b).await?;
 
     println!(
         "{} on {}: {} distinct sample items, {:.1}s per measurement, {} repeat(s), {} instance(s)",
@@ -232,7 +232,7 @@ fn print_table(rows: &[Row], raw: bool, text: bool) {
 /// Reads and pre-processes up to a few hundred sample items.
 async fn prepare_samples(
     spec: &ModelSpec,
-    model: &Model,
+    backend: &dyn Backend,
     input: Option<&str>,
     max_b: usize,
 ) -> anyhow::Result<Vec<Prepared>> {
@@ -260,9 +260,10 @@ async fn prepare_samples(
             }
             v
         }
-        None => random_tensors(model, want)?,
+        None => random_tensors(backend.signature(), want)?,
     };
-    let processor = model.processor().clone();
+    // Pre-process with the model's chain directly: no need to start a model for it.
+    let processor = sluice_processing::build(spec, backend.signature())?;
     let prepared = tokio::task::spawn_blocking(move || {
         raw.into_iter()
             .filter_map(|i| processor.preprocess(i).ok())
@@ -283,7 +284,7 @@ async fn prepare_samples(
     Ok(out)
 }
 
-fn random_tensors(model: &Model, n: usize) -> anyhow::Result<Vec<Input>> {
+fn random_tensors(signature: &sluice_core::ModelSignature, n: usize) -> anyhow::Result<Vec<Input>> {
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
     let mut next = || {
         seed ^= seed << 13;
@@ -294,7 +295,7 @@ fn random_tensors(model: &Model, n: usize) -> anyhow::Result<Vec<Input>> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let mut named = sluice_core::NamedTensors::new();
-        for info in &model.signature().inputs {
+        for info in &signature.inputs {
             let shape: Vec<usize> = info.shape.iter().skip(1).map(|d| d.unwrap_or(16)).collect();
             let count: usize = shape.iter().product();
             let data = match info.dtype {
@@ -388,7 +389,7 @@ async fn feed(model: &Model, samples: &[Prepared], spec: &ModelSpec, dur: Durati
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (tx, mut rx) = mpsc::channel::<Completion>(4096);
     let cancel = CancelFlag::new();
-    let warm = (2 * b * spec.instances).max(8) as u64;
+    let warm = (WARM_BATCHES * b * spec.instances).max(8) as u64;
     let counter = {
         let permits = permits.clone();
         let stop = stop.clone();
@@ -483,7 +484,7 @@ async fn raw_onnx(spec: &ModelSpec, samples: &[Prepared], b: usize, dur: Duratio
             .collect::<Result<_, _>>()?;
         anyhow::ensure!(!batches.is_empty(), "no batches");
         // Warm up.
-        for batch in batches.iter().take(2) {
+        for batch in batches.iter().take(WARM_BATCHES) {
             inst.run_stacked(batch.clone())
                 .map_err(|e| anyhow::anyhow!(e.message))?;
         }
@@ -492,7 +493,7 @@ async fn raw_onnx(spec: &ModelSpec, samples: &[Prepared], b: usize, dur: Duratio
         // Continue after the warm-up batches, as the engine run does (its
         // clock starts after two batches), so both time the same batches:
         // text batches differ a lot in cost.
-        let mut i = 2usize;
+        let mut i = WARM_BATCHES;
         while start.elapsed() < dur {
             let batch = &batches[i % batches.len()];
             let n = batch.first().and_then(|(_, t)| t.shape.first().copied()).unwrap_or(0);

@@ -29,17 +29,12 @@ pub enum ModelsCommand {
 /// Loads every `*/model.toml` under `dir`, sorted by name; a broken spec is
 /// reported with its error instead of hiding the others.
 pub fn scan(dir: &std::path::Path) -> anyhow::Result<Vec<Result<ModelSpec, String>>> {
-    let mut out = Vec::new();
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| anyhow::anyhow!("cannot read model repository {}: {e}", dir.display()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.join("model.toml").is_file())
+    let dirs = sluice_core::spec::model_dirs(dir)
+        .map_err(|e| anyhow::anyhow!("cannot read model repository {}: {e}", dir.display()))?;
+    let out: Vec<_> = dirs
+        .iter()
+        .map(|p| ModelSpec::load(p).map_err(|e| e.to_string()))
         .collect();
-    entries.sort();
-    for p in entries {
-        out.push(ModelSpec::load(&p).map_err(|e| e.to_string()));
-    }
     Ok(out)
 }
 

@@ -326,6 +326,18 @@ pub struct TensorSpec {
     pub default_input: Option<String>,
 }
 
+/// The model folders of a repository: every `dir/*/` holding a `model.toml`,
+/// sorted by path.
+pub fn model_dirs(repo: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(repo)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.join("model.toml").is_file())
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
 impl ModelSpec {
     /// Loads `dir/model.toml` (or a path to the file itself).
     pub fn load(path: &Path) -> Result<ModelSpec, SpecError> {

@@ -303,12 +303,10 @@ impl OnnxInstance {
 
     /// Runs already-stacked batch tensors and returns the batch outputs.
     pub fn run_stacked(&mut self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, BatchError> {
-        let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
-        for (name, t) in inputs {
-            let v = to_ort(t).map_err(|e| BatchError::new(format!("input '{name}': {e}")))?;
-            values.push((Cow::Owned(name), SessionInputValue::from(v)));
-        }
-        let outputs = self.session.run(values).map_err(|e| BatchError::new(e.to_string()))?;
+        let outputs = self
+            .session
+            .run(session_inputs(inputs)?)
+            .map_err(|e| BatchError::new(e.to_string()))?;
         let mut out = Vec::with_capacity(self.outputs.len());
         for name in &self.outputs {
             let value = outputs
@@ -340,12 +338,10 @@ impl Runtime for OnnxInstance {
         }
         // Split each output straight from ONNX Runtime's buffer into per-item
         // tensors: one copy, not a batch copy and then per-item copies.
-        let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(stacked.len());
-        for (name, t) in stacked {
-            let v = to_ort(t).map_err(|e| BatchError::new(format!("input '{name}': {e}")))?;
-            values.push((Cow::Owned(name), SessionInputValue::from(v)));
-        }
-        let outputs = self.session.run(values).map_err(|e| BatchError::new(e.to_string()))?;
+        let outputs = self
+            .session
+            .run(session_inputs(stacked)?)
+            .map_err(|e| BatchError::new(e.to_string()))?;
         let mut results: Vec<NamedTensors> = (0..n).map(|_| NamedTensors::new()).collect();
         for name in &self.outputs {
             let value = outputs
@@ -358,6 +354,19 @@ impl Runtime for OnnxInstance {
         }
         Ok(results.into_iter().map(Ok).collect())
     }
+}
+
+/// Named batch tensors as session inputs (moved, not copied).
+fn session_inputs(
+    inputs: Vec<(String, Tensor)>,
+) -> Result<Vec<(Cow<'static, str>, SessionInputValue<'static>)>, BatchError> {
+    inputs
+        .into_iter()
+        .map(|(name, t)| {
+            let v = to_ort(t).map_err(|e| BatchError::new(format!("input '{name}': {e}")))?;
+            Ok((Cow::Owned(name), SessionInputValue::from(v)))
+        })
+        .collect()
 }
 
 fn to_ort(t: Tensor) -> Result<DynValue, ort::Error> {

@@ -30,12 +30,7 @@ pub struct Registry {
 impl Registry {
     /// Loads every model folder under `dir`. Needs a Tokio runtime.
     pub async fn load(dir: &Path) -> std::io::Result<Registry> {
-        let mut folders: Vec<_> = std::fs::read_dir(dir)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.join("model.toml").is_file())
-            .collect();
-        folders.sort();
+        let folders = sluice_core::spec::model_dirs(dir)?;
         let mut entries = BTreeMap::new();
         for folder in folders {
             let fallback = folder
