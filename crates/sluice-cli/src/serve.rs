@@ -18,6 +18,13 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Address of the KServe v2 gRPC service; default: the HTTP address with
+    /// the next port (8081 beside 8080; any free port when --listen has port 0).
+    #[arg(long, env = "SLUICE_GRPC_LISTEN")]
+    grpc_listen: Option<SocketAddr>,
+    /// Serve only HTTP (no gRPC listener).
+    #[arg(long, env = "SLUICE_NO_GRPC")]
+    no_grpc: bool,
     /// Folder whose files `source` jobs may read (repeatable); none: sources disabled.
     #[arg(long = "source-root", env = "SLUICE_SOURCE_ROOTS", value_delimiter = ',')]
     source_roots: Vec<PathBuf>,
@@ -40,6 +47,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         models: args.models,
         data_dir: args.data_dir,
         listen: args.listen,
+        grpc_listen: (!args.no_grpc).then(|| {
+            args.grpc_listen.unwrap_or_else(|| {
+                let port = if args.listen.port() == 0 {
+                    0
+                } else {
+                    args.listen.port().saturating_add(1)
+                };
+                SocketAddr::new(args.listen.ip(), port)
+            })
+        }),
         source_roots: args.source_roots,
         limits: sluice_server::Limits {
             max_body_bytes: args.max_body_mb << 20,

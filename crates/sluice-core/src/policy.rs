@@ -16,6 +16,16 @@
 //!    (sorted by length) that contains the oldest item and needs the least
 //!    padding. The padding a first-come-first-served batch would have needed
 //!    is reported beside it, so the saving can be counted.
+//!
+//! Real-time items (single requests waiting for an answer) and bulk items (job
+//! and run inputs) wait in two lanes; [`decide_lanes`] extends the rules:
+//! 4. Real-time items enter each batch first, oldest first; bulk items fill
+//!    the rest. While bulk items wait, `bulk_reserve` slots of every batch are
+//!    kept for them, so a flood of real-time traffic slows bulk work down but
+//!    never starves it.
+//! 5. A batch is also released at once when real-time items wait, the model
+//!    is idle (every instance free) and nothing else is arriving: waiting for
+//!    the delay then could only add latency, since nothing would join.
 
 use std::time::Duration;
 
@@ -30,6 +40,26 @@ pub struct PolicyConfig {
     pub max_delay: Duration,
     /// Pick items of similar length together (text models).
     pub group_by_length: bool,
+    /// Slots of each batch kept for bulk items when both lanes wait.
+    pub bulk_reserve: usize,
+}
+
+impl PolicyConfig {
+    /// Slots to reserve for bulk items out of `max_batch_size` for a share
+    /// in `[0, 1]`: rounded up, so any positive share keeps at least one.
+    pub fn reserve_for(max_batch_size: usize, share: f64) -> usize {
+        if share <= 0.0 {
+            return 0;
+        }
+        // max_batch_size is small (a batch); the product fits f64 exactly.
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
+        let slots = (max_batch_size as f64 * share.min(1.0)).ceil() as usize;
+        slots.clamp(1, max_batch_size)
+    }
 }
 
 /// One waiting item, as the policy sees it.
@@ -61,6 +91,85 @@ pub struct Plan {
     pub padding: usize,
     /// Padding the first `n` items in arrival order would have needed.
     pub fifo_padding: usize,
+}
+
+/// What waits, per lane, each in arrival order.
+#[derive(Debug, Clone, Copy)]
+pub struct Lanes<'a> {
+    /// Real-time items.
+    pub realtime: &'a [Pending],
+    /// Bulk items.
+    pub bulk: &'a [Pending],
+}
+
+/// The state of the model around the queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Moment {
+    /// Release whatever waits (end of input, shutdown).
+    pub flush: bool,
+    /// Every instance is free and no more items are arriving right now.
+    pub idle: bool,
+}
+
+/// What the batcher should do now, with two lanes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum LaneDecision {
+    /// Nothing waits.
+    Idle,
+    /// Wait this long (or until more items arrive), then decide again.
+    Wait(Duration),
+    /// Release a batch.
+    Dispatch(LanePlan),
+}
+
+/// A batch drawn from both lanes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LanePlan {
+    /// Indices into the real-time lane, ascending; these go first.
+    pub realtime: Vec<usize>,
+    /// Indices into the bulk lane, with the padding of the whole batch.
+    pub bulk: Plan,
+}
+
+/// Decides whether to release a batch from the two lanes (rules 1 to 5).
+pub fn decide_lanes(lanes: Lanes<'_>, cfg: &PolicyConfig, now: Moment) -> LaneDecision {
+    let (rt, bulk) = (lanes.realtime, lanes.bulk);
+    let total = rt.len() + bulk.len();
+    if total == 0 {
+        return LaneDecision::Idle;
+    }
+    let max = cfg.max_batch_size.max(1);
+    let oldest = rt.iter().chain(bulk).map(|p| p.waited).max().unwrap_or_default();
+    let full = total >= max;
+    let expired = oldest >= cfg.max_delay;
+    let eager = now.idle && !rt.is_empty();
+    if !(full || expired || now.flush || eager) {
+        return LaneDecision::Wait(cfg.max_delay - oldest);
+    }
+    let reserve = cfg.bulk_reserve.min(bulk.len()).min(max);
+    let rt_take = rt.len().min(max - reserve);
+    let bulk_take = bulk.len().min(max - rt_take);
+    let mut plan = if bulk_take > 0 {
+        select(bulk, bulk_take, cfg.group_by_length)
+    } else {
+        Plan {
+            indices: Vec::new(),
+            padding: 0,
+            fifo_padding: 0,
+        }
+    };
+    if rt_take > 0 {
+        // Padding is that of the whole batch: real-time items pad with the rest.
+        let lens = rt[..rt_take].iter().map(|p| p.len);
+        let chosen = lens.clone().chain(plan.indices.iter().map(|&i| bulk[i].len));
+        let fifo = lens.chain(bulk[..bulk_take].iter().map(|p| p.len));
+        plan.padding = padding_of(chosen);
+        plan.fifo_padding = padding_of(fifo);
+    }
+    LaneDecision::Dispatch(LanePlan {
+        realtime: (0..rt_take).collect(),
+        bulk: plan,
+    })
 }
 
 /// Decides whether to release a batch. `pending` is in arrival order; `flush`
@@ -129,7 +238,134 @@ mod tests {
             max_batch_size: max,
             max_delay: Duration::from_millis(10),
             group_by_length: group,
+            bulk_reserve: 0,
         }
+    }
+
+    fn lanes_cfg(max: usize, reserve: usize) -> PolicyConfig {
+        PolicyConfig {
+            bulk_reserve: reserve,
+            ..cfg(max, false)
+        }
+    }
+
+    fn lanes<'a>(realtime: &'a [Pending], bulk: &'a [Pending]) -> Lanes<'a> {
+        Lanes { realtime, bulk }
+    }
+
+    #[test]
+    fn realtime_goes_first_and_bulk_fills_the_rest() {
+        let rt = items(&[(1, 0), (1, 0)]);
+        let bulk = items(&[(1, 9), (1, 8), (1, 7), (1, 6)]);
+        insta::assert_yaml_snapshot!(decide_lanes(lanes(&rt, &bulk), &lanes_cfg(4, 1), Moment::default()), @r"
+        Dispatch:
+          realtime:
+            - 0
+            - 1
+          bulk:
+            indices:
+              - 0
+              - 1
+            padding: 0
+            fifo_padding: 0
+        ");
+    }
+
+    #[test]
+    fn bulk_keeps_its_reserve_under_a_realtime_flood() {
+        let rt = items(&[(1, 0); 6]);
+        let bulk = items(&[(1, 50), (1, 40), (1, 30)]);
+        insta::assert_yaml_snapshot!(decide_lanes(lanes(&rt, &bulk), &lanes_cfg(4, 1), Moment::default()), @r"
+        Dispatch:
+          realtime:
+            - 0
+            - 1
+            - 2
+          bulk:
+            indices:
+              - 0
+            padding: 0
+            fifo_padding: 0
+        ");
+    }
+
+    #[test]
+    fn reserve_is_unused_when_no_bulk_waits() {
+        let rt = items(&[(1, 0); 5]);
+        insta::assert_yaml_snapshot!(decide_lanes(lanes(&rt, &[]), &lanes_cfg(4, 2), Moment::default()), @r"
+        Dispatch:
+          realtime:
+            - 0
+            - 1
+            - 2
+            - 3
+          bulk:
+            indices: []
+            padding: 0
+            fifo_padding: 0
+        ");
+    }
+
+    #[test]
+    fn a_lone_realtime_item_waits_while_the_model_is_busy() {
+        let rt = items(&[(1, 2)]);
+        insta::assert_yaml_snapshot!(decide_lanes(lanes(&rt, &[]), &lanes_cfg(4, 1), Moment::default()), @"Wait:
+  secs: 0
+  nanos: 8000000");
+    }
+
+    #[test]
+    fn a_lone_realtime_item_goes_at_once_when_the_model_is_idle() {
+        let rt = items(&[(1, 0)]);
+        let idle = Moment {
+            flush: false,
+            idle: true,
+        };
+        insta::assert_yaml_snapshot!(decide_lanes(lanes(&rt, &[]), &lanes_cfg(4, 1), idle), @r"
+        Dispatch:
+          realtime:
+            - 0
+          bulk:
+            indices: []
+            padding: 0
+            fifo_padding: 0
+        ");
+    }
+
+    #[test]
+    fn idle_alone_does_not_release_a_partial_bulk_batch() {
+        let bulk = items(&[(1, 1), (1, 0)]);
+        let idle = Moment {
+            flush: false,
+            idle: true,
+        };
+        insta::assert_yaml_snapshot!(decide_lanes(lanes(&[], &bulk), &lanes_cfg(4, 1), idle), @"Wait:
+  secs: 0
+  nanos: 9000000");
+    }
+
+    #[test]
+    fn the_oldest_item_of_either_lane_sets_the_delay() {
+        let rt = items(&[(1, 1)]);
+        let bulk = items(&[(1, 10)]);
+        insta::assert_yaml_snapshot!(decide_lanes(lanes(&rt, &bulk), &lanes_cfg(4, 1), Moment::default()), @r"
+        Dispatch:
+          realtime:
+            - 0
+          bulk:
+            indices:
+              - 0
+            padding: 0
+            fifo_padding: 0
+        ");
+    }
+
+    #[test]
+    fn reserve_rounds_up() {
+        assert_eq!(PolicyConfig::reserve_for(32, 0.125), 4);
+        assert_eq!(PolicyConfig::reserve_for(8, 0.01), 1);
+        assert_eq!(PolicyConfig::reserve_for(8, 0.0), 0);
+        assert_eq!(PolicyConfig::reserve_for(8, 1.0), 8);
     }
 
     fn items(spec: &[(usize, u64)]) -> Vec<Pending> {

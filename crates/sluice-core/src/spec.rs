@@ -90,6 +90,14 @@ pub struct ModelSpec {
     /// smaller bounds how long an item can be passed over.
     #[serde(default)]
     pub batch_window: Option<usize>,
+    /// Real-time items (KServe v2 and `/v1/models/{m}/infer` requests) that
+    /// may be accepted and not yet answered; beyond it requests get 429.
+    #[serde(default = "default_realtime_queue")]
+    pub realtime_queue_capacity: usize,
+    /// Share of each batch kept for bulk (job) items while real-time items
+    /// also wait, so bulk work never starves: `0.125` of a batch of 32 is 4.
+    #[serde(default = "default_bulk_min_share")]
+    pub bulk_min_share: f64,
     /// Input and output handling.
     pub processing: ProcessingSpec,
     /// Model folder (set on load, not read from the file).
@@ -114,6 +122,12 @@ fn default_device() -> String {
 }
 fn default_queue() -> usize {
     1024
+}
+fn default_realtime_queue() -> usize {
+    512
+}
+fn default_bulk_min_share() -> f64 {
+    0.125
 }
 fn default_pre_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -383,6 +397,12 @@ impl ModelSpec {
         }
         if self.queue_capacity == 0 {
             return Err("queue_capacity must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.bulk_min_share) {
+            return Err("bulk_min_share must be between 0 and 1".into());
+        }
+        if self.realtime_queue_capacity == 0 {
+            return Err("realtime_queue_capacity must be at least 1".into());
         }
         if self.batch_window.is_some_and(|w| w < self.max_batch_size) {
             return Err("batch_window must be at least max_batch_size".into());

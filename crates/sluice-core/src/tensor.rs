@@ -346,6 +346,28 @@ impl Tensor {
         Tensor::new(shape, numbers_to_data(&flat, dtype)?)
     }
 
+    /// Builds a tensor of `shape` from JSON numbers, flat or nested in any
+    /// way (the KServe v2 `data` field): only the element count must match.
+    pub fn from_json_data(shape: Vec<usize>, data: &serde_json::Value, dtype: DType) -> Result<Tensor, TensorError> {
+        let mut flat = Vec::new();
+        flatten_any(data, &mut flat)?;
+        Tensor::new(shape, numbers_to_data(&flat, dtype)?)
+    }
+
+    /// The elements as little-endian bytes (the layout of ONNX, NumPy and
+    /// the KServe v2 binary tensor extension).
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        match &self.data {
+            TensorData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::U8(v) => v.clone(),
+            TensorData::I8(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
+        }
+    }
+
     /// Builds a tensor from little-endian element bytes.
     pub fn from_le_bytes(shape: Vec<usize>, dtype: DType, bytes: &[u8]) -> Result<Tensor, TensorError> {
         let size = dtype.size();
@@ -412,6 +434,24 @@ fn copy_padded(out: &mut TensorData, t: &Tensor, max_shape: &[usize], pad: f64) 
         out.extend_from(&t.data, 0..t.numel());
     } else {
         rec(out, t, max_shape, 0, 0, pad);
+    }
+}
+
+/// Collects every number of arbitrarily nested arrays, in order.
+fn flatten_any(v: &serde_json::Value, out: &mut Vec<f64>) -> Result<(), TensorError> {
+    match v {
+        serde_json::Value::Array(items) => items.iter().try_for_each(|i| flatten_any(i, out)),
+        serde_json::Value::Bool(b) => {
+            out.push(f64::from(u8::from(*b)));
+            Ok(())
+        }
+        other => {
+            let n = other
+                .as_f64()
+                .ok_or_else(|| TensorError::Parse(format!("expected a number, got {other}")))?;
+            out.push(n);
+            Ok(())
+        }
     }
 }
 

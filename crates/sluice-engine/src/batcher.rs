@@ -1,16 +1,18 @@
 //! The batcher: one task per model that owns the waiting items.
 //!
-//! It pulls items from the bounded model queue into a small window, waits for
-//! a free instance, asks [`sluice_core::policy::decide`] what to release, and
-//! hands the batch to the instance threads. Forming the batch only once an
-//! instance is free means the policy chooses among everything that waits at
-//! that moment, which is what makes length grouping effective under load.
+//! It pulls items from the bounded model queue (bulk) and the bounded
+//! real-time queue into two lanes, waits for a free instance, asks
+//! [`sluice_core::policy::decide_lanes`] what to release, and hands the batch
+//! to the instance threads. Forming the batch only once an instance is free
+//! means the policy chooses among everything that waits at that moment, which
+//! is what makes length grouping effective under load and lets a real-time
+//! item overtake the bulk items queued before it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use sluice_core::policy::{self, Decision, Pending, PolicyConfig};
+use sluice_core::policy::{self, LaneDecision, Moment, Pending, PolicyConfig};
 use sluice_core::spec::ModelSpec;
 use sluice_core::ItemId;
 use sluice_processing::Prepared;
@@ -30,6 +32,52 @@ pub(crate) struct Queued {
     pub enqueued: Instant,
     /// Set when the item's run or job was canceled.
     pub cancel: Option<crate::model::CancelFlag>,
+    /// Past this instant the item is not run (real-time requests).
+    pub deadline: Option<Instant>,
+    /// The item's place in the bounded real-time queue, freed when it is done.
+    pub _slot: Option<OwnedSemaphorePermit>,
+}
+
+/// Why a queued item is dropped instead of run.
+pub(crate) enum Skip {
+    Canceled,
+    Expired,
+    Abandoned,
+}
+
+impl Queued {
+    /// Whether the item should no longer run, and why.
+    pub(crate) fn skip_reason(&self, now: Instant) -> Option<Skip> {
+        if crate::model::is_canceled(self.cancel.as_ref()) {
+            return Some(Skip::Canceled);
+        }
+        if self.deadline.is_some_and(|d| d <= now) {
+            return Some(Skip::Expired);
+        }
+        if self.reply.is_abandoned() {
+            return Some(Skip::Abandoned);
+        }
+        None
+    }
+
+    /// Completes the item without running it.
+    pub(crate) fn skip(self, reason: Skip, stats: &Stats) {
+        let error = match reason {
+            Skip::Canceled => crate::model::canceled_error(),
+            Skip::Expired => {
+                stats.record_expired();
+                sluice_core::ItemError::new(
+                    sluice_core::ItemErrorKind::Timeout,
+                    "deadline exceeded before the item ran",
+                )
+            }
+            Skip::Abandoned => {
+                stats.record_abandoned();
+                sluice_core::ItemError::new(sluice_core::ItemErrorKind::Canceled, "the client went away")
+            }
+        };
+        crate::model::fail_item(self.id, self.reply, self.submitted, error, stats);
+    }
 }
 
 /// A batch on its way to an instance; the permit frees the instance slot.
@@ -40,7 +88,7 @@ pub(crate) struct Batch {
 
 pub(crate) struct Config {
     policy: PolicyConfig,
-    /// Most items held for the policy to choose from.
+    /// Most bulk items held for the policy to choose from.
     window: usize,
 }
 
@@ -50,6 +98,7 @@ pub(crate) fn config(spec: &ModelSpec) -> Config {
             max_batch_size: spec.max_batch_size,
             max_delay: spec.max_delay(),
             group_by_length: spec.group_by_length,
+            bulk_reserve: PolicyConfig::reserve_for(spec.max_batch_size, spec.bulk_min_share),
         },
         window: spec
             .batch_window
@@ -58,95 +107,179 @@ pub(crate) fn config(spec: &ModelSpec) -> Config {
     }
 }
 
+/// The two inbound queues.
+pub(crate) struct Inbound {
+    pub bulk: async_channel::Receiver<Queued>,
+    pub realtime: async_channel::Receiver<Queued>,
+}
+
+/// What the batcher holds: the two lanes and whether their queues closed.
+struct Lanes {
+    bulk: VecDeque<Queued>,
+    realtime: VecDeque<Queued>,
+    bulk_closed: bool,
+    rt_closed: bool,
+}
+
+impl Lanes {
+    fn is_empty(&self) -> bool {
+        self.bulk.is_empty() && self.realtime.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.bulk.len() + self.realtime.len()
+    }
+
+    /// Moves whatever is queued now into the lanes, without waiting.
+    fn drain(&mut self, inbound: &Inbound, window: usize) {
+        loop {
+            match inbound.realtime.try_recv() {
+                Ok(q) => self.realtime.push_back(q),
+                Err(async_channel::TryRecvError::Empty) => break,
+                Err(async_channel::TryRecvError::Closed) => {
+                    self.rt_closed = true;
+                    break;
+                }
+            }
+        }
+        while self.bulk.len() < window {
+            match inbound.bulk.try_recv() {
+                Ok(q) => self.bulk.push_back(q),
+                Err(async_channel::TryRecvError::Empty) => break,
+                Err(async_channel::TryRecvError::Closed) => {
+                    self.bulk_closed = true;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Waits for the next item of either queue (real-time first); `bulk_room`
+    /// says whether the bulk lane may take more. Returns at once when both
+    /// queues are closed or nothing may be taken.
+    async fn recv(&mut self, inbound: &Inbound, bulk_room: bool) {
+        let take_bulk = bulk_room && !self.bulk_closed;
+        if self.rt_closed && !take_bulk {
+            std::future::pending::<()>().await;
+        }
+        tokio::select! {
+            biased;
+            q = inbound.realtime.recv(), if !self.rt_closed => match q {
+                Ok(q) => self.realtime.push_back(q),
+                Err(_) => self.rt_closed = true,
+            },
+            q = inbound.bulk.recv(), if take_bulk => match q {
+                Ok(q) => self.bulk.push_back(q),
+                Err(_) => self.bulk_closed = true,
+            },
+        }
+    }
+
+    /// Fails the real-time items that no longer need to run: their deadline
+    /// passed or their client went away.
+    fn prune(&mut self, now: Instant, stats: &Stats) {
+        if self.realtime.iter().all(|q| q.skip_reason(now).is_none()) {
+            return;
+        }
+        let mut kept = VecDeque::with_capacity(self.realtime.len());
+        for q in self.realtime.drain(..) {
+            match q.skip_reason(now) {
+                Some(reason) => q.skip(reason, stats),
+                None => kept.push_back(q),
+            }
+        }
+        self.realtime = kept;
+    }
+}
+
 pub(crate) async fn run(
-    rx: async_channel::Receiver<Queued>,
+    inbound: Inbound,
     tx: async_channel::Sender<Batch>,
     cfg: Config,
     instances: usize,
     stats: Arc<Stats>,
 ) {
     let free = Arc::new(Semaphore::new(instances));
-    let mut pending: VecDeque<Queued> = VecDeque::with_capacity(cfg.window);
-    let mut closed = false;
+    let mut lanes = Lanes {
+        bulk: VecDeque::with_capacity(cfg.window),
+        realtime: VecDeque::new(),
+        bulk_closed: false,
+        rt_closed: false,
+    };
     let mut permit: Option<OwnedSemaphorePermit> = None;
-    let mut meta: Vec<Pending> = Vec::with_capacity(cfg.window);
+    let mut rt_meta: Vec<Pending> = Vec::new();
+    let mut bulk_meta: Vec<Pending> = Vec::with_capacity(cfg.window);
     // What the window gauge shows, so it is written only when it changes.
     let mut shown = 0usize;
     loop {
-        if pending.is_empty() {
-            if closed {
+        if lanes.is_empty() {
+            if lanes.bulk_closed && lanes.rt_closed {
                 break;
             }
-            match rx.recv().await {
-                Ok(q) => pending.push_back(q),
-                Err(_) => {
-                    closed = true;
-                    continue;
-                }
-            }
+            lanes.recv(&inbound, true).await;
+            continue;
         }
-        while pending.len() < cfg.window {
-            match rx.try_recv() {
-                Ok(q) => pending.push_back(q),
-                Err(async_channel::TryRecvError::Empty) => break,
-                Err(async_channel::TryRecvError::Closed) => {
-                    closed = true;
-                    break;
-                }
-            }
-        }
-        if pending.len() != shown {
-            shown = pending.len();
+        lanes.drain(&inbound, cfg.window);
+        lanes.prune(Instant::now(), &stats);
+        if lanes.len() != shown {
+            shown = lanes.len();
             stats.set_window(shown);
+        }
+        if lanes.is_empty() {
+            continue;
         }
         let slot = match permit.take() {
             Some(p) => p,
             None => match free.clone().try_acquire_owned() {
                 Ok(p) => p,
                 Err(_) => {
-                    let room = !closed && pending.len() < cfg.window;
+                    let room = lanes.bulk.len() < cfg.window;
                     tokio::select! {
                         biased;
                         p = free.clone().acquire_owned() => match p {
                             Ok(p) => p,
                             Err(_) => break,
                         },
-                        q = rx.recv(), if room => {
-                            match q {
-                                Ok(q) => pending.push_back(q),
-                                Err(_) => closed = true,
-                            }
-                            continue;
-                        }
+                        () = lanes.recv(&inbound, room) => continue,
                     }
                 }
             },
         };
         let now = Instant::now();
-        meta.clear();
-        meta.extend(pending.iter().map(|q| Pending {
+        let waited = |q: &Queued| Pending {
             len: q.prepared.len,
             waited: now.saturating_duration_since(q.enqueued),
-        }));
-        match policy::decide(&meta, &cfg.policy, closed) {
-            Decision::Idle => permit = Some(slot),
-            Decision::Wait(d) => {
+        };
+        rt_meta.clear();
+        rt_meta.extend(lanes.realtime.iter().map(waited));
+        bulk_meta.clear();
+        bulk_meta.extend(lanes.bulk.iter().map(waited));
+        let moment = Moment {
+            flush: lanes.bulk_closed,
+            // We hold one permit: the model is idle when every other one is free too.
+            idle: free.available_permits() + 1 == instances && inbound.realtime.is_empty() && inbound.bulk.is_empty(),
+        };
+        let lanes_now = policy::Lanes {
+            realtime: &rt_meta,
+            bulk: &bulk_meta,
+        };
+        match policy::decide_lanes(lanes_now, &cfg.policy, moment) {
+            LaneDecision::Idle => permit = Some(slot),
+            LaneDecision::Wait(d) => {
                 permit = Some(slot);
-                let room = !closed && pending.len() < cfg.window;
+                let room = lanes.bulk.len() < cfg.window;
                 tokio::select! {
                     () = tokio::time::sleep(d) => {}
-                    q = rx.recv(), if room => match q {
-                        Ok(q) => pending.push_back(q),
-                        Err(_) => closed = true,
-                    },
+                    () = lanes.recv(&inbound, room) => {}
                 }
             }
-            Decision::Dispatch(plan) => {
-                let items = take(&mut pending, &plan.indices);
-                shown = pending.len();
+            LaneDecision::Dispatch(plan) => {
+                let mut items: Vec<Queued> = lanes.realtime.drain(..plan.realtime.len()).collect();
+                items.extend(take(&mut lanes.bulk, &plan.bulk.indices));
+                shown = lanes.len();
                 stats.set_window(shown);
                 let tokens: usize = items.iter().map(|q| q.prepared.len).sum();
-                stats.record_batch(items.len(), tokens, plan.padding, plan.fifo_padding);
+                stats.record_batch(items.len(), tokens, plan.bulk.padding, plan.bulk.fifo_padding);
                 if tx.send(Batch { items, permit: slot }).await.is_err() {
                     tracing::error!("all model instances are gone; the batcher stops");
                     break;

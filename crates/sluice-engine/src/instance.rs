@@ -21,12 +21,14 @@ pub(crate) struct Context {
 
 pub(crate) fn run(mut runtime: Box<dyn Runtime>, rx: async_channel::Receiver<Batch>, ctx: Context) {
     while let Ok(batch) = rx.recv_blocking() {
-        let Batch { items, permit } = batch;
-        let (items, canceled): (Vec<_>, Vec<_>) = items
-            .into_iter()
-            .partition(|q| !crate::model::is_canceled(q.cancel.as_ref()));
-        for q in canceled {
-            crate::model::fail_item(q.id, q.reply, q.submitted, crate::model::canceled_error(), &ctx.stats);
+        let Batch { items: all, permit } = batch;
+        let now = Instant::now();
+        let mut items = Vec::with_capacity(all.len());
+        for q in all {
+            match q.skip_reason(now) {
+                Some(reason) => q.skip(reason, &ctx.stats),
+                None => items.push(q),
+            }
         }
         if items.is_empty() {
             continue;

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! submit ─▶ [pre-processing queue] ─▶ processing threads (decode, tokenize)
-//!        ─▶ [model queue] ─▶ batcher task (policy::decide) ─▶ [batch channel]
+//!        ─▶ [model queue] ─▶ batcher task (policy::decide_lanes) ─▶ [batch channel]
+//! infer_realtime ─▶ (pre-process on the blocking pool) ─▶ [real-time queue] ─▶ batcher task
 //!        ─▶ instance threads (Runtime::run, bisect failures, post-process) ─▶ Reply
 //! ```
 //!
@@ -21,7 +22,9 @@ mod model;
 pub mod noop;
 mod stats;
 
-pub use model::{load_backend, CancelFlag, Completion, EngineError, Model, QueueDepth, Reply, SubmitOptions};
+pub use model::{
+    load_backend, CancelFlag, Completion, EngineError, Model, QueueDepth, RealtimeOptions, Reply, SubmitOptions,
+};
 pub use stats::{LatencyHistogram, Stats, StatsSnapshot, LATENCY_BUCKETS};
 
 /// Re-exported so callers can pre-process items themselves (benchmarks).

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use sluice_core::spec::{ModelSpec, RuntimeKind};
 use sluice_core::{Backend, Input, ItemError, ItemErrorKind, ItemId, ItemResult, ModelSignature};
 use sluice_processing::{Prepared, Processor};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::batcher::{self, Queued};
 use crate::instance;
@@ -27,6 +27,16 @@ pub enum EngineError {
     /// The model is shutting down and takes no more items.
     #[error("model '{0}' is closed")]
     Closed(String),
+    /// The real-time queue is full; the caller should retry later (429).
+    #[error("model '{model}' is overloaded: {waiting} real-time items already wait (limit {capacity}); retry later")]
+    Overloaded {
+        /// Model name.
+        model: String,
+        /// Real-time items accepted and not yet answered.
+        waiting: usize,
+        /// The model's `realtime_queue_capacity`.
+        capacity: usize,
+    },
 }
 
 /// The outcome of one item, with where its time went.
@@ -68,6 +78,15 @@ impl Reply {
             }
         }
     }
+
+    /// Whether nobody waits for this reply any more (a real-time client
+    /// that disconnected): then the item need not run.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        match self {
+            Reply::Once(tx) => tx.is_closed(),
+            Reply::Stream(_) => false,
+        }
+    }
 }
 
 /// Items waiting in each stage of a model's pipeline.
@@ -94,6 +113,13 @@ pub struct SubmitOptions {
     /// When set to true, the item is dropped (completed as `canceled`) at
     /// the next stage it reaches instead of running.
     pub cancel: Option<CancelFlag>,
+}
+
+/// Options of a real-time request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RealtimeOptions {
+    /// Items not started by then are not run; they fail with a `timeout` error.
+    pub deadline: Option<Instant>,
 }
 
 /// A shared cancellation flag, typically one per run or job.
@@ -146,6 +172,9 @@ struct Inner {
     stats: Arc<Stats>,
     pre_tx: async_channel::Sender<Request>,
     queue_tx: async_channel::Sender<Queued>,
+    rt_tx: async_channel::Sender<Queued>,
+    /// One permit per real-time item accepted and not yet answered.
+    rt_slots: Arc<Semaphore>,
     done: watch::Receiver<bool>,
 }
 
@@ -169,6 +198,9 @@ impl Model {
         let stats = Arc::new(Stats::new(spec.max_batch_size));
         let (pre_tx, pre_rx) = async_channel::bounded::<Request>(spec.queue_capacity);
         let (queue_tx, queue_rx) = async_channel::bounded::<Queued>(spec.queue_capacity);
+        // Never full: every item in it holds one of `rt_slots`, which has the same size.
+        let (rt_tx, rt_rx) = async_channel::bounded::<Queued>(spec.realtime_queue_capacity);
+        let rt_slots = Arc::new(Semaphore::new(spec.realtime_queue_capacity));
         let (batch_tx, batch_rx) = async_channel::bounded(spec.instances);
         let (done_tx, done) = watch::channel(false);
 
@@ -209,7 +241,11 @@ impl Model {
         drop(closer);
 
         let cfg = batcher::config(&spec);
-        tokio::spawn(batcher::run(queue_rx, batch_tx, cfg, spec.instances, stats.clone()));
+        let inbound = batcher::Inbound {
+            bulk: queue_rx,
+            realtime: rt_rx,
+        };
+        tokio::spawn(batcher::run(inbound, batch_tx, cfg, spec.instances, stats.clone()));
         tracing::info!(model = %spec.name, backend = %backend.describe(), max_batch_size = spec.max_batch_size, instances = spec.instances, "model started");
         Ok(Model {
             inner: Arc::new(Inner {
@@ -219,6 +255,8 @@ impl Model {
                 stats,
                 pre_tx,
                 queue_tx,
+                rt_tx,
+                rt_slots,
                 done,
             }),
         })
@@ -253,7 +291,7 @@ impl Model {
     pub fn queue_depth(&self) -> QueueDepth {
         QueueDepth {
             preprocess: self.inner.pre_tx.len(),
-            model: self.inner.queue_tx.len(),
+            model: self.inner.queue_tx.len() + self.inner.rt_tx.len(),
             batcher: usize::try_from(self.inner.stats.snapshot_window()).unwrap_or(usize::MAX),
         }
     }
@@ -310,6 +348,8 @@ impl Model {
             submitted: now,
             enqueued: now,
             cancel: opts.cancel,
+            deadline: None,
+            _slot: None,
         };
         self.inner
             .queue_tx
@@ -335,9 +375,122 @@ impl Model {
             .unwrap_or_else(|_| fail(id, "the model stopped before answering".into()))
     }
 
+    /// Runs the rows of one real-time request ahead of bulk work and
+    /// returns one completion per row, in order.
+    ///
+    /// The whole request is refused with [`EngineError::Overloaded`] when the
+    /// real-time queue cannot take all its rows, so clients see 429 rather
+    /// than waiting without bound. Rows are pre-processed on the blocking
+    /// pool (not behind queued bulk items). Dropping the returned future
+    /// abandons the rows: those that have not started are not run.
+    pub async fn infer_realtime(
+        &self,
+        inputs: Vec<Input>,
+        opts: RealtimeOptions,
+    ) -> Result<Vec<Completion>, EngineError> {
+        let inner = &self.inner;
+        let n = inputs.len();
+        let Ok(count) = u32::try_from(n) else {
+            return Err(self.overloaded());
+        };
+        let permits = match inner.rt_slots.clone().try_acquire_many_owned(count) {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                inner.stats.record_realtime(0, n);
+                return Err(self.overloaded());
+            }
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(EngineError::Closed(inner.spec.name.clone())),
+        };
+        if inner.rt_tx.is_closed() {
+            return Err(EngineError::Closed(inner.spec.name.clone()));
+        }
+        inner.stats.record_realtime(n, 0);
+        let submitted = Instant::now();
+        let processor = inner.processor.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            inputs
+                .into_iter()
+                .map(|input| {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| processor.preprocess(input)))
+                        .unwrap_or_else(|p| {
+                            Err(ItemError::new(
+                                ItemErrorKind::Internal,
+                                format!("pre-processing panicked: {}", instance::panic_message(&p)),
+                            ))
+                        })
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| EngineError::Load {
+            model: inner.spec.name.clone(),
+            message: format!("pre-processing task failed: {e}"),
+        })?;
+        let mut permits = Some(permits);
+        let mut waiting = Vec::with_capacity(n);
+        for (i, outcome) in prepared.into_iter().enumerate() {
+            let id = i.to_string();
+            let (tx, rx) = oneshot::channel();
+            match outcome {
+                Ok(prepared) => {
+                    let slot = permits.as_mut().and_then(|p| p.split(1));
+                    let q = Queued {
+                        id,
+                        prepared,
+                        reply: Reply::Once(tx),
+                        submitted,
+                        enqueued: Instant::now(),
+                        cancel: None,
+                        deadline: opts.deadline,
+                        _slot: slot,
+                    };
+                    if let Err(async_channel::SendError(q)) = inner.rt_tx.send(q).await {
+                        let e = ItemError::new(ItemErrorKind::Unavailable, "the model closed before the item ran");
+                        fail_item(q.id, q.reply, submitted, e, &inner.stats);
+                    }
+                }
+                Err(e) => fail_item(id, Reply::Once(tx), submitted, e, &inner.stats),
+            }
+            waiting.push(rx);
+        }
+        drop(permits);
+        let mut out = Vec::with_capacity(n);
+        for (i, rx) in waiting.into_iter().enumerate() {
+            out.push(rx.await.unwrap_or_else(|_| Completion {
+                id: i.to_string(),
+                result: Err(ItemError::new(
+                    ItemErrorKind::Unavailable,
+                    "the model stopped before answering",
+                )),
+                queue_time: submitted.elapsed(),
+                run_time: Duration::ZERO,
+                batch_size: 0,
+            }));
+        }
+        Ok(out)
+    }
+
+    fn overloaded(&self) -> EngineError {
+        let capacity = self.inner.spec.realtime_queue_capacity;
+        EngineError::Overloaded {
+            model: self.inner.spec.name.clone(),
+            waiting: capacity.saturating_sub(self.inner.rt_slots.available_permits()),
+            capacity,
+        }
+    }
+
+    /// Real-time items accepted and not yet answered.
+    pub fn realtime_waiting(&self) -> usize {
+        self.inner
+            .spec
+            .realtime_queue_capacity
+            .saturating_sub(self.inner.rt_slots.available_permits())
+    }
+
     /// Takes no more items; those already submitted still complete.
     pub fn close(&self) {
         self.inner.pre_tx.close();
+        self.inner.rt_tx.close();
     }
 
     /// Waits until every submitted item has completed after [`Model::close`].
@@ -413,6 +566,8 @@ fn preprocess_loop(
                     submitted,
                     enqueued: Instant::now(),
                     cancel,
+                    deadline: None,
+                    _slot: None,
                 };
                 if let Err(async_channel::SendError(q)) = tx.send_blocking(q) {
                     let msg = "the model queue closed before the item ran".to_string();

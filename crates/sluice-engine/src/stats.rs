@@ -20,6 +20,10 @@ pub struct Stats {
     batches: AtomicU64,
     batched_items: AtomicU64,
     bisections: AtomicU64,
+    realtime: AtomicU64,
+    rejected: AtomicU64,
+    expired: AtomicU64,
+    abandoned: AtomicU64,
     tokens: AtomicU64,
     padding: AtomicU64,
     fifo_padding: AtomicU64,
@@ -125,6 +129,14 @@ pub struct StatsSnapshot {
     pub batched_items: u64,
     /// Extra runtime calls made to isolate failing items.
     pub bisections: u64,
+    /// Real-time items accepted.
+    pub realtime_items: u64,
+    /// Real-time items refused because the real-time queue was full (429).
+    pub realtime_rejected: u64,
+    /// Items whose deadline passed before they ran (not run).
+    pub expired: u64,
+    /// Items whose client went away before they ran (not run).
+    pub abandoned: u64,
     /// Real elements along the padded dimension (tokens for text).
     pub tokens: u64,
     /// Padding elements added to batch items of different lengths.
@@ -182,6 +194,10 @@ impl Stats {
             batches: AtomicU64::new(0),
             batched_items: AtomicU64::new(0),
             bisections: AtomicU64::new(0),
+            realtime: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
             tokens: AtomicU64::new(0),
             padding: AtomicU64::new(0),
             fifo_padding: AtomicU64::new(0),
@@ -239,6 +255,19 @@ impl Stats {
         self.bisections.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn record_realtime(&self, accepted: usize, rejected: usize) {
+        self.realtime.fetch_add(accepted as u64, Relaxed);
+        self.rejected.fetch_add(rejected as u64, Relaxed);
+    }
+
+    pub(crate) fn record_expired(&self) {
+        self.expired.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn record_abandoned(&self) {
+        self.abandoned.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn record_item(&self, ok: bool) {
         if ok {
             self.items_ok.fetch_add(1, Relaxed);
@@ -255,6 +284,10 @@ impl Stats {
             batches: self.batches.load(Relaxed),
             batched_items: self.batched_items.load(Relaxed),
             bisections: self.bisections.load(Relaxed),
+            realtime_items: self.realtime.load(Relaxed),
+            realtime_rejected: self.rejected.load(Relaxed),
+            expired: self.expired.load(Relaxed),
+            abandoned: self.abandoned.load(Relaxed),
             tokens: self.tokens.load(Relaxed),
             padding: self.padding.load(Relaxed),
             fifo_padding: self.fifo_padding.load(Relaxed),

@@ -34,6 +34,12 @@ pub enum ApiError {
     /// Body or input too large (413).
     #[error("{0}")]
     TooLarge(String),
+    /// The real-time queue is full (429, with `Retry-After`).
+    #[error("{0}")]
+    Overloaded(String),
+    /// The request's deadline passed before it ran (504).
+    #[error("{0}")]
+    Timeout(String),
     /// Not ready to serve (503).
     #[error("{0}")]
     Unavailable(String),
@@ -67,6 +73,8 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+            ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -85,7 +93,14 @@ impl IntoResponse for ApiError {
                 message: self.to_string(),
             },
         };
-        (status, Json(body)).into_response()
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        resp
     }
 }
 

@@ -10,6 +10,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod registry;
 pub mod scheduler;
+pub mod v2;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,8 +56,10 @@ pub struct ServerConfig {
     pub models: PathBuf,
     /// Where the store lives.
     pub data_dir: PathBuf,
-    /// Listen address.
+    /// Listen address (HTTP: jobs API, KServe v2 REST, dashboard, metrics).
     pub listen: SocketAddr,
+    /// Listen address of the KServe v2 gRPC service; `None`: no gRPC.
+    pub grpc_listen: Option<SocketAddr>,
     /// Folders from which `source` jobs may read files.
     pub source_roots: Vec<PathBuf>,
     /// Request limits.
@@ -201,12 +204,50 @@ pub async fn serve(
             source,
         })?;
     let addr = listener.local_addr().unwrap_or(cfg.listen);
+    // One shutdown signal, seen by both servers.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        stop_tx.send_replace(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let grpc = match cfg.grpc_listen {
+        Some(grpc_addr) => {
+            let grpc_listener =
+                tokio::net::TcpListener::bind(grpc_addr)
+                    .await
+                    .map_err(|source| ServeError::Listen {
+                        addr: grpc_addr,
+                        source,
+                    })?;
+            let bound = grpc_listener.local_addr().unwrap_or(grpc_addr);
+            eprintln!("sluice gRPC (KServe v2) listening on {bound}");
+            let service = v2::grpc::InferenceService::new(registry.clone()).into_server(cfg.limits.max_body_bytes);
+            let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
+            let signal = stopped(stop_rx.clone());
+            Some(tokio::spawn(async move {
+                let served = tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(incoming, signal)
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the gRPC server failed");
+                }
+            }))
+        }
+        None => None,
+    };
     tracing::info!(%addr, models = registry.entries().len(), "sluice serving");
     eprintln!("sluice listening on http://{addr}");
     axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(stopped(stop_rx))
         .await
         .map_err(|source| ServeError::Listen { addr, source })?;
+    if let Some(grpc) = grpc {
+        let _ = grpc.await;
+    }
     tracing::info!("shutting down: finishing running batches");
     scheduler.shutdown(&registry, cfg.shutdown_grace).await;
     Ok(())

@@ -1,4 +1,5 @@
-//! HTTP routes: jobs, models, health, metrics, the dashboard, and the OpenAPI document.
+//! HTTP routes: jobs, models, real-time inference (`/v1/models/{m}/infer` and
+//! KServe v2), health, metrics, the dashboard, and the OpenAPI document.
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -6,6 +7,7 @@ use axum::Router;
 use crate::AppState;
 
 pub mod dashboard;
+pub mod infer;
 pub mod jobs;
 pub mod models;
 pub mod openapi;
@@ -24,9 +26,11 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/jobs/{id}/results/{key}", get(jobs::result))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{name}", get(models::get))
+        .route("/v1/models/{name}/infer", post(infer::infer))
         .route("/healthz", get(models::healthz))
         .route("/readyz", get(models::readyz))
         .route("/openapi.json", get(openapi::document))
+        .merge(crate::v2::http::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }

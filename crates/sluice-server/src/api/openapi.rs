@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{dashboard, jobs, models};
+use super::{dashboard, infer, jobs, models};
 use crate::error::{ErrorBody, ErrorDetail};
 
 /// The API description.
@@ -21,6 +21,7 @@ use crate::error::{ErrorBody, ErrorDetail};
         jobs::result,
         models::list,
         models::get,
+        infer::infer,
         models::healthz,
         models::readyz,
         dashboard::stats,
@@ -37,6 +38,9 @@ use crate::error::{ErrorBody, ErrorDetail};
         jobs::Added,
         jobs::ResultLine,
         models::ModelView,
+        infer::InferBody,
+        infer::InferAnswer,
+        infer::ItemAnswer,
         models::Health,
         dashboard::Summary,
         dashboard::ModelStats
