@@ -69,7 +69,10 @@ async fn raw(spec: &ModelSpec, inputs: &[Vec<u8>], batch: usize, secs: f64) -> a
             }
         };
         client = client.max_decoding_message_size(64 << 20);
-        client.status(proto::StatusRequest {}).await.map_err(|e| e.to_string())?;
+        client
+            .status(proto::StatusRequest {})
+            .await
+            .map_err(|e| e.to_string())?;
         let requests: Vec<proto::RunRequest> = inputs
             .chunks(batch)
             .filter(|c| c.len() == batch)
@@ -94,7 +97,11 @@ async fn raw(spec: &ModelSpec, inputs: &[Vec<u8>], batch: usize, secs: f64) -> a
         while started.elapsed().as_secs_f64() < secs {
             let r = &requests[i % requests.len()];
             let resp = client.run(r.clone()).await.map_err(|e| e.to_string())?.into_inner();
-            assert!(resp.outputs.iter().all(|o| o.success), "raw run failed: {}", resp.message);
+            assert!(
+                resp.outputs.iter().all(|o| o.success),
+                "raw run failed: {}",
+                resp.message
+            );
             items += resp.outputs.len();
             i += 1;
         }
@@ -127,7 +134,9 @@ async fn through_sluice(spec: ModelSpec, inputs: &[Vec<u8>], secs: f64) -> anyho
     while started.elapsed().as_secs_f64() < secs {
         while sent - done < in_flight {
             let b = inputs[sent % inputs.len()].clone();
-            model.submit(format!("i{sent}"), Input::Bytes(b), Reply::Stream(tx.clone())).await?;
+            model
+                .submit(format!("i{sent}"), Input::Bytes(b), Reply::Stream(tx.clone()))
+                .await?;
             sent += 1;
         }
         let c = rx.recv().await.ok_or("stream closed")?;
@@ -160,7 +169,10 @@ async fn main() -> anyhow_free::Result<()> {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if a == "--seconds" {
-            secs = args.next().and_then(|s| s.parse().ok()).ok_or("--seconds needs a number")?;
+            secs = args
+                .next()
+                .and_then(|s| s.parse().ok())
+                .ok_or("--seconds needs a number")?;
         }
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize()?;
@@ -171,7 +183,10 @@ async fn main() -> anyhow_free::Result<()> {
     let raw_ips = raw(&spec, &inputs, batch, secs).await?;
     println!("raw worker (Run with {batch}-item batches back to back): {raw_ips:.0} items/s");
     let (sluice_ips, mean_batch) = through_sluice(spec, &inputs, secs).await?;
-    println!("through Sluice ({} in flight): {sluice_ips:.0} items/s, mean batch {mean_batch:.1}", batch * 8);
+    println!(
+        "through Sluice ({} in flight): {sluice_ips:.0} items/s, mean batch {mean_batch:.1}",
+        batch * 8
+    );
     println!("ratio: {:.1}% of raw", 100.0 * sluice_ips / raw_ips);
     Ok(())
 }

@@ -83,7 +83,11 @@ async fn run_all(model: &Model, texts: &[&str]) -> HashMap<String, Completion> {
     let (tx, mut rx) = mpsc::channel(texts.len().max(1));
     for (i, t) in texts.iter().enumerate() {
         model
-            .submit(format!("t{i}"), Input::Text((*t).to_string()), Reply::Stream(tx.clone()))
+            .submit(
+                format!("t{i}"),
+                Input::Text((*t).to_string()),
+                Reply::Stream(tx.clone()),
+            )
             .await
             .expect("submit");
     }
@@ -110,7 +114,10 @@ fn number(v: &serde_json::Value) -> u64 {
 }
 
 fn error(c: &Completion) -> &sluice_core::ItemError {
-    c.result.as_ref().err().unwrap_or_else(|| panic!("{}: error expected", c.id))
+    c.result
+        .as_ref()
+        .err()
+        .unwrap_or_else(|| panic!("{}: error expected", c.id))
 }
 
 /// Polls (bounded) until none of `pids` is a running process.
@@ -122,7 +129,10 @@ fn wait_gone(pids: &[u32]) {
             .unwrap_or(false)
     };
     while pids.iter().any(alive) {
-        assert!(Instant::now() < deadline, "worker processes {pids:?} still run after the model closed");
+        assert!(
+            Instant::now() < deadline,
+            "worker processes {pids:?} still run after the model closed"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -132,7 +142,11 @@ async fn batches_item_failures_crash_and_poison() {
     let Some(fx) = fixture(4, 16, 30.0) else { return };
     let (model, backend) = start(&fx.spec).await;
     assert_eq!(backend.worker_batch_size(), Some(4));
-    assert_eq!(model.spec().max_batch_size, 4, "the worker's batch size caps the config's");
+    assert_eq!(
+        model.spec().max_batch_size,
+        4,
+        "the worker's batch size caps the config's"
+    );
     let first_pids = backend.worker_pids();
     assert_eq!(first_pids.len(), 1);
 
@@ -235,7 +249,11 @@ async fn short_response_is_bisected() {
     let Some(fx) = fixture(8, 8, 30.0) else { return };
     let (model, backend) = start(&fx.spec).await;
     let done = run_all(&model, &["x", "SHORT", "y"]).await;
-    assert!(error(&done["t1"]).message.contains("0 outputs for 1 inputs"), "{:?}", done["t1"].result);
+    assert!(
+        error(&done["t1"]).message.contains("0 outputs for 1 inputs"),
+        "{:?}",
+        done["t1"].result
+    );
     assert!(done["t0"].result.is_ok() && done["t2"].result.is_ok());
     assert_eq!(backend.counters().restarts, 0);
     let pids = backend.worker_pids();

@@ -130,7 +130,9 @@ struct TokioHandle(Option<tokio::runtime::Runtime>);
 impl TokioHandle {
     fn get(&self) -> &tokio::runtime::Runtime {
         // Only `Drop` takes the runtime out.
-        self.0.as_ref().unwrap_or_else(|| unreachable!("runtime taken before drop"))
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("runtime taken before drop"))
     }
 }
 
@@ -542,7 +544,11 @@ impl OmiInstance {
             return Ok(());
         }
         let exp = self.failures.saturating_sub(1).min(20);
-        let delay = self.shared.backoff.saturating_mul(1 << exp).min(self.shared.backoff_max);
+        let delay = self
+            .shared
+            .backoff
+            .saturating_mul(1 << exp)
+            .min(self.shared.backoff_max);
         std::thread::sleep(delay);
         match start_worker(&self.shared, self.index) {
             Ok(w) => {

@@ -91,9 +91,9 @@ impl Worker {
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
                     .process_group(0);
-                let mut child = cmd.spawn().map_err(|e| {
-                    OmiError::Start(format!("{label}: cannot start {}: {e}", program.display()))
-                })?;
+                let mut child = cmd
+                    .spawn()
+                    .map_err(|e| OmiError::Start(format!("{label}: cannot start {}: {e}", program.display())))?;
                 forward(&label, "stdout", child.stdout.take());
                 forward(&label, "stderr", child.stderr.take());
                 tracing::info!(worker = %label, pid = child.id(), port, "OMI worker started");
@@ -171,9 +171,13 @@ impl Worker {
     /// A `Status` health check.
     pub fn health(&mut self, rt: &Tokio, timeout: Duration) -> Result<(), String> {
         let mut client = self.client.clone();
-        match rt.block_on(tokio::time::timeout(timeout, client.status(StatusRequest {}))) {
+        match rt.block_on(async { tokio::time::timeout(timeout, client.status(StatusRequest {})).await }) {
             Ok(Ok(r)) if r.get_ref().status_code < 400 => Ok(()),
-            Ok(Ok(r)) => Err(format!("Status answered {}: {}", r.get_ref().status_code, r.get_ref().message)),
+            Ok(Ok(r)) => Err(format!(
+                "Status answered {}: {}",
+                r.get_ref().status_code,
+                r.get_ref().message
+            )),
             Ok(Err(e)) => Err(format!("Status failed: {}: {}", e.code(), e.message())),
             Err(_) => Err(format!("Status did not answer within {timeout:?}")),
         }
@@ -182,7 +186,7 @@ impl Worker {
     /// One `Run` call.
     pub fn run(&mut self, rt: &Tokio, req: RunRequest, timeout: Duration) -> Result<RunResponse, CallFault> {
         let mut client = self.client.clone();
-        match rt.block_on(tokio::time::timeout(timeout, client.run(req))) {
+        match rt.block_on(async { tokio::time::timeout(timeout, client.run(req)).await }) {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Err(_) => Err(CallFault::TimedOut(timeout)),
             Ok(Err(status)) => {
@@ -216,7 +220,7 @@ impl Worker {
         if graceful {
             if let Some(rt) = rt {
                 let mut client = self.client.clone();
-                let _ = rt.block_on(tokio::time::timeout(grace, client.shutdown(ShutdownRequest {})));
+                let _ = rt.block_on(async { tokio::time::timeout(grace, client.shutdown(ShutdownRequest {})).await });
             }
             let deadline = Instant::now() + grace;
             while Instant::now() < deadline {

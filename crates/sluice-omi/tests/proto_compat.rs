@@ -157,10 +157,22 @@ fn chassis_bytes_decode_into_our_types() {
     let encoded: serde_json::Value = serde_json::from_str(&helper(&py, "encode", None)).expect("json");
     let bytes = |name: &str| unhex(encoded[name].as_str().expect("hex string"));
     let (status, run_request, run_response, shutdown) = samples();
-    assert_eq!(p::StatusResponse::decode(&*bytes("StatusResponse")).expect("decode"), status);
-    assert_eq!(p::RunRequest::decode(&*bytes("RunRequest")).expect("decode"), run_request);
-    assert_eq!(p::RunResponse::decode(&*bytes("RunResponse")).expect("decode"), run_response);
-    assert_eq!(p::ShutdownResponse::decode(&*bytes("ShutdownResponse")).expect("decode"), shutdown);
+    assert_eq!(
+        p::StatusResponse::decode(&*bytes("StatusResponse")).expect("decode"),
+        status
+    );
+    assert_eq!(
+        p::RunRequest::decode(&*bytes("RunRequest")).expect("decode"),
+        run_request
+    );
+    assert_eq!(
+        p::RunResponse::decode(&*bytes("RunResponse")).expect("decode"),
+        run_response
+    );
+    assert_eq!(
+        p::ShutdownResponse::decode(&*bytes("ShutdownResponse")).expect("decode"),
+        shutdown
+    );
     assert!(bytes("StatusRequest").is_empty() && bytes("ShutdownRequest").is_empty());
 }
 
@@ -234,7 +246,11 @@ fn descriptor_matches_chassis() {
     let theirs = FileDescriptorProto::decode(&*unhex(&helper(&py, "descriptor", None))).expect("decode");
     let dir = root().join("proto/omi");
     let set = protox::compile(["model.proto"], [&dir]).expect("compile our proto");
-    let ours = set.file.iter().find(|f| f.name() == "model.proto").expect("model.proto");
+    let ours = set
+        .file
+        .iter()
+        .find(|f| f.name() == "model.proto")
+        .expect("model.proto");
     assert_eq!(ours.package, None, "chassis declares no package");
     assert_eq!(describe(ours), describe(&theirs));
     // Same service name, hence the same method paths: /ModzyModel/Status, /ModzyModel/Run, /ModzyModel/Shutdown.

@@ -48,7 +48,7 @@ impl BytesProcessor {
         }
     }
 
-    fn from_json(&self, value: &serde_json::Value) -> Result<NamedTensors, ItemError> {
+    fn parse_json(&self, value: &serde_json::Value) -> Result<NamedTensors, ItemError> {
         let mut out = NamedTensors::new();
         match value {
             serde_json::Value::Object(obj) if !is_base64_object(value) => {
@@ -112,7 +112,7 @@ impl Processor for BytesProcessor {
         let tensors = match input {
             Input::Bytes(b) => NamedTensors::from([(self.default_input.clone(), bytes_tensor(b))]),
             Input::Text(t) => NamedTensors::from([(self.default_input.clone(), bytes_tensor(t.into_bytes()))]),
-            Input::Json(v) => self.from_json(&v)?,
+            Input::Json(v) => self.parse_json(&v)?,
             Input::Tensors(t) => {
                 for (name, tensor) in &t {
                     self.check_name(name)?;
@@ -182,7 +182,9 @@ mod tests {
     #[test]
     fn json_object_names_several_inputs() {
         let p = proc_()
-            .preprocess(Input::Json(serde_json::json!({"text": "hi", "config": {"base64": "AP8="}})))
+            .preprocess(Input::Json(
+                serde_json::json!({"text": "hi", "config": {"base64": "AP8="}}),
+            ))
             .expect("ok");
         assert_eq!(bytes_of(&p, "text"), b"hi");
         assert_eq!(bytes_of(&p, "config"), [0, 255]);

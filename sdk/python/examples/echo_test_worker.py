@@ -11,14 +11,15 @@ the batch it ran in (``batch_size``) and the worker's pid (``pid``). Markers
                 ``$TEST_WORKER_STATE``), then works
 * ``HANG``      sleeps forever
 * ``HANGONCE``  sleeps forever the first time (state in ``$TEST_WORKER_STATE``)
-* ``SHORT``     ``process`` returns one result fewer than inputs (a broken worker)
+* ``SHORT``     the Run response lacks the last output (a broken worker; the
+                SDK itself never does this, so it is patched in below)
 """
 
 import os
 import sys
 import time
 
-from sluice_omi import serve
+from sluice_omi import serve, server
 
 STATE = os.environ.get("TEST_WORKER_STATE", "")
 BATCH_SIZE = int(os.environ.get("TEST_WORKER_BATCH", "8"))
@@ -54,9 +55,20 @@ def process(batch):
             out.append(ValueError("FAIL marker: this item fails"))
         else:
             out.append({"output": t.upper(), "batch_size": str(len(batch)), "pid": str(os.getpid())})
-    if "SHORT" in texts:
-        out.pop()
     return out
+
+
+_run = server.OmiServicer.Run
+
+
+def run_dropping_last(self, request, context):
+    response = _run(self, request, context)
+    if any(item.input.get("input") == b"SHORT" for item in request.inputs):
+        del response.outputs[-1]
+    return response
+
+
+server.OmiServicer.Run = run_dropping_last
 
 
 if __name__ == "__main__":

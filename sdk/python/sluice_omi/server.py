@@ -150,14 +150,8 @@ def _watch_parent() -> None:
         parent_pid = int(parent)
     except ValueError:
         return
-    try:  # Linux: the kernel kills us with our parent
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
+    # Not PR_SET_PDEATHSIG: it fires when the *thread* that started us exits,
+    # and Sluice starts workers from short-lived threads.
     def watch():
         while True:
             if os.getppid() != parent_pid:
