@@ -111,7 +111,19 @@ else
     chmod 644 "$TOK_OUT"
 fi
 
-# --- 4. MLP benchmark model + test fixtures (only the missing ones) ----------
+# --- 4. The OMI worker SDK (sdk/python), for models with runtime = "omi" -------
+# Reinstalled only when its sources change (a stamp holds their hash).
+SDK_STAMP="$VENV/.sluice-omi-sdk.sha256"
+sdk_hash="$(cd "$ROOT/sdk/python" && find pyproject.toml sluice_omi -name '*.py' -o -name '*.toml' | sort | xargs sha256sum | sha256sum | cut -d' ' -f1)"
+if [[ -f "$SDK_STAMP" && "$(cat "$SDK_STAMP")" == "$sdk_hash" ]]; then
+    say "sluice-omi SDK up to date"
+else
+    say "installing the OMI worker SDK (sdk/python) into .sluice/venv"
+    "$PY" -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation "$ROOT/sdk/python"
+    echo "$sdk_hash" > "$SDK_STAMP"
+fi
+
+# --- 5. MLP benchmark model + test fixtures (only the missing ones) ----------
 say "checking generated models (scripts/make_fixtures.py)"
 "$PY" "$ROOT/scripts/make_fixtures.py"
 

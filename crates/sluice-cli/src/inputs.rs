@@ -61,6 +61,7 @@ impl Kind {
             ProcessingSpec::Text(_) => Kind::Text,
             ProcessingSpec::Image(_) => Kind::Image,
             ProcessingSpec::Tensor(_) => Kind::Tensor,
+            ProcessingSpec::Bytes(_) => Kind::Text,
         }
     }
 }

@@ -58,6 +58,7 @@ fn processing_summary(spec: &ModelSpec) -> String {
             )
         }
         ProcessingSpec::Tensor(_) => "tensor: raw named tensors (JSON arrays or base64) -> raw tensors".into(),
+        ProcessingSpec::Bytes(_) => "bytes: named files (bytes, text or a JSON object of inputs) -> named files".into(),
     }
 }
 

@@ -69,6 +69,9 @@ pub enum Output {
     Classes(Vec<Label>),
     /// Raw output tensors.
     Tensors(NamedTensors),
+    /// Named output files (OMI workers): each is inlined as JSON when it
+    /// parses as JSON, else as UTF-8 text, else as `{"base64": ".."}`.
+    Files(std::collections::BTreeMap<String, serde_json::Value>),
 }
 
 /// The outcome for one item: exactly one of these per input id.

@@ -100,4 +100,11 @@ pub trait Backend: Send + Sync {
 
     /// Creates instance number `index` (each runs on its own thread).
     fn create_instance(&self, index: usize) -> Result<Box<dyn Runtime>, BatchError>;
+
+    /// The largest batch the model itself accepts, when it declares one (an
+    /// OMI worker's `Status`); the engine uses the smaller of this and the
+    /// spec's `max_batch_size`.
+    fn max_batch_size(&self) -> Option<usize> {
+        None
+    }
 }

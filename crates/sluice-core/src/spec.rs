@@ -39,6 +39,8 @@ pub enum RuntimeKind {
     Onnx,
     /// A no-op runtime that echoes its inputs (benchmarks of the engine itself).
     Noop,
+    /// Out-of-process Open Model Interface (OMI) gRPC workers; see [`OmiSpec`].
+    Omi,
 }
 
 /// The parsed `model.toml`.
@@ -100,6 +102,9 @@ pub struct ModelSpec {
     pub bulk_min_share: f64,
     /// Input and output handling.
     pub processing: ProcessingSpec,
+    /// OMI workers (`runtime = "omi"`): the `[omi]` table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omi: Option<OmiSpec>,
     /// Model folder (set on load, not read from the file).
     #[serde(skip)]
     pub dir: PathBuf,
@@ -143,6 +148,8 @@ pub enum ProcessingSpec {
     Image(ImageSpec),
     /// Raw named tensors, checked against the graph.
     Tensor(TensorSpec),
+    /// Named byte strings (files), for OMI workers: items in, files out.
+    Bytes(BytesSpec),
 }
 
 /// Text processing: tokenizer and pooling.
@@ -340,6 +347,107 @@ pub struct TensorSpec {
     pub default_input: Option<String>,
 }
 
+/// Byte-string models (OMI workers): each input is a named file of bytes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BytesSpec {
+    /// Input that receives a bare item (bytes or text); default: the model's
+    /// first declared input.
+    #[serde(default)]
+    pub default_input: Option<String>,
+}
+
+/// How Sluice reaches and supervises OMI workers (`[omi]` in model.toml).
+///
+/// Exactly one of `command` (Sluice starts `instances` workers) and
+/// `endpoints` (workers already running; one instance per endpoint).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OmiSpec {
+    /// Worker command line; a program path containing `/` is relative to the
+    /// model folder, which is also the worker's working directory.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Extra environment variables for started workers.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// `host:port` of workers started elsewhere.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Longest a worker may take to answer its first `Status`.
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout_s: f64,
+    /// Longest a `Status` health check may take.
+    #[serde(default = "default_status_timeout")]
+    pub status_timeout_s: f64,
+    /// Longest one `Run` may take; default: the worker's own run timeout
+    /// from `Status`, else 300 s.
+    #[serde(default)]
+    pub run_timeout_s: Option<f64>,
+    /// A worker idle this long gets a `Status` health check before its next batch.
+    #[serde(default = "default_health_interval")]
+    pub health_interval_s: f64,
+    /// First delay before restarting a failed worker; doubles per consecutive failure.
+    #[serde(default = "default_backoff_ms")]
+    pub restart_backoff_ms: u64,
+    /// Longest delay between restarts.
+    #[serde(default = "default_backoff_max_ms")]
+    pub restart_backoff_max_ms: u64,
+    /// How long a stopping worker gets after `Shutdown` before it is killed.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+    /// Use `max_batch_size` even when the worker's `Status` declares a smaller batch size.
+    #[serde(default)]
+    pub override_batch_size: bool,
+}
+
+fn default_start_timeout() -> f64 {
+    60.0
+}
+fn default_status_timeout() -> f64 {
+    10.0
+}
+fn default_health_interval() -> f64 {
+    30.0
+}
+fn default_backoff_ms() -> u64 {
+    500
+}
+fn default_backoff_max_ms() -> u64 {
+    30_000
+}
+fn default_shutdown_grace_ms() -> u64 {
+    2_000
+}
+
+impl OmiSpec {
+    fn validate(&self, instances: usize) -> Result<(), String> {
+        match (self.command.is_empty(), self.endpoints.is_empty()) {
+            (true, true) => return Err("[omi] needs command or endpoints".into()),
+            (false, false) => return Err("[omi] takes command or endpoints, not both".into()),
+            _ => {}
+        }
+        if !self.endpoints.is_empty() && instances != self.endpoints.len() {
+            return Err(format!(
+                "instances ({instances}) must equal the number of [omi] endpoints ({})",
+                self.endpoints.len()
+            ));
+        }
+        let positive = [
+            ("start_timeout_s", self.start_timeout_s),
+            ("status_timeout_s", self.status_timeout_s),
+            ("health_interval_s", self.health_interval_s),
+            ("run_timeout_s", self.run_timeout_s.unwrap_or(1.0)),
+        ];
+        for (key, v) in positive {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("[omi] {key} must be a positive number of seconds"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The model folders of a repository: every `dir/*/` holding a `model.toml`,
 /// sorted by path.
 pub fn model_dirs(repo: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -383,7 +491,13 @@ impl ModelSpec {
 
     /// Parses and validates TOML text.
     pub fn parse(text: &str) -> Result<ModelSpec, String> {
-        let spec: ModelSpec = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut spec: ModelSpec = toml::from_str(text).map_err(|e| e.to_string())?;
+        // With endpoints, one instance per endpoint (`instances` may be left at its default).
+        if let Some(omi) = &spec.omi {
+            if !omi.endpoints.is_empty() && spec.instances == 1 {
+                spec.instances = omi.endpoints.len();
+            }
+        }
         spec.validate()?;
         Ok(spec)
     }
@@ -412,6 +526,12 @@ impl ModelSpec {
         }
         if self.runtime == RuntimeKind::Onnx && self.model_file.is_none() {
             return Err("runtime \"onnx\" needs model_file".into());
+        }
+        match (&self.omi, self.runtime) {
+            (Some(omi), RuntimeKind::Omi) => omi.validate(self.instances)?,
+            (None, RuntimeKind::Omi) => return Err("runtime \"omi\" needs an [omi] table".into()),
+            (Some(_), _) => return Err("[omi] is only for runtime = \"omi\"".into()),
+            (None, _) => {}
         }
         self.device()?;
         Ok(())
@@ -517,6 +637,23 @@ max_length = 128
         let err = ModelSpec::parse(&TEXT.replace("= 32", "= 0")).expect_err("zero");
         assert!(err.contains("max_batch_size"), "{err}");
         assert_eq!(Device::parse("cuda:1"), Ok(Device::Cuda(1)));
+    }
+
+    #[test]
+    fn omi_spec_parses_and_counts_endpoints() {
+        let base = "runtime = \"omi\"\nmax_batch_size = 8\n[processing]\ntype = \"bytes\"\n";
+        let spec = ModelSpec::parse(&format!("{base}[omi]\ncommand = [\"python\", \"w.py\"]\n")).expect("valid");
+        let omi = spec.omi.expect("omi");
+        assert_eq!(omi.command, ["python", "w.py"]);
+        assert_eq!(omi.run_timeout_s, None);
+        let spec = ModelSpec::parse(&format!("{base}[omi]\nendpoints = [\"a:1\", \"b:2\"]\n")).expect("valid");
+        assert_eq!(spec.instances, 2);
+        let err = ModelSpec::parse(&format!("instances = 3\n{base}[omi]\nendpoints = [\"a:1\"]\n")).expect_err("count");
+        assert!(err.contains("endpoints"), "{err}");
+        let err = ModelSpec::parse(base).expect_err("no table");
+        assert!(err.contains("[omi]"), "{err}");
+        let err = ModelSpec::parse(&format!("{base}[omi]\ncommand = [\"x\"]\ncomand = 1\n")).expect_err("unknown");
+        assert!(err.contains("comand"), "{err}");
     }
 
     #[test]

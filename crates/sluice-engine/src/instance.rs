@@ -82,6 +82,10 @@ pub(crate) fn run(mut runtime: Box<dyn Runtime>, rx: async_channel::Receiver<Bat
             });
         }
     }
+    // Release the runtime (an OMI worker process, a session) before `ctx`
+    // signals that the model is done, so `Model::join` means "all released".
+    drop(runtime);
+    drop(ctx);
 }
 
 /// Runs `batch`; when the whole call fails, splits it in halves and retries

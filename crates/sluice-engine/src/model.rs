@@ -189,7 +189,12 @@ impl Model {
 
     /// Starts the pipeline around an already-loaded backend (also used by
     /// tests to inject faults).
-    pub fn start(spec: ModelSpec, backend: Arc<dyn Backend>) -> Result<Model, EngineError> {
+    pub fn start(mut spec: ModelSpec, backend: Arc<dyn Backend>) -> Result<Model, EngineError> {
+        // A model that declares its own batch size (an OMI worker) never gets more.
+        if let Some(n) = backend.max_batch_size().filter(|&n| n > 0 && n < spec.max_batch_size) {
+            tracing::info!(model = %spec.name, config = spec.max_batch_size, model_limit = n, "max batch size lowered to the model's own");
+            spec.max_batch_size = n;
+        }
         let load_err = |message: String| EngineError::Load {
             model: spec.name.clone(),
             message,
@@ -510,6 +515,7 @@ pub fn load_backend(spec: &ModelSpec) -> Result<Arc<dyn Backend>, EngineError> {
     Ok(match spec.runtime {
         RuntimeKind::Onnx => Arc::new(sluice_onnx::OnnxBackend::load(spec).map_err(|e| load_err(e.to_string()))?),
         RuntimeKind::Noop => Arc::new(crate::noop::NoopBackend::new()),
+        RuntimeKind::Omi => Arc::new(sluice_omi::OmiBackend::load(spec).map_err(|e| load_err(e.to_string()))?),
     })
 }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use sluice_core::spec::{ModelSpec, ProcessingSpec};
 use sluice_core::{Input, ItemError, ModelSignature, NamedTensors, Output};
 
+pub mod bytes;
 pub mod image;
 pub mod tensor;
 pub mod text;
@@ -103,6 +104,7 @@ pub fn build(spec: &ModelSpec, signature: &ModelSignature) -> Result<Arc<dyn Pro
         ProcessingSpec::Text(t) => Arc::new(text::TextProcessor::new(t, spec, signature)?),
         ProcessingSpec::Image(i) => Arc::new(image::ImageProcessor::new(i, spec, signature)?),
         ProcessingSpec::Tensor(t) => Arc::new(tensor::TensorProcessor::new(t, signature)?),
+        ProcessingSpec::Bytes(b) => Arc::new(bytes::BytesProcessor::new(b, signature)?),
     })
 }
 
