@@ -29,7 +29,8 @@ use crate::{ApiError, AppState};
 pub struct InferBody {
     /// One entry per item: a string for text models; base64 (or
     /// `{"base64": ".."}`) for image models; a tensor or object of named
-    /// tensors for tensor models.
+    /// tensors for tensor models; for OMI (`bytes`) models a string for the
+    /// default input or `{"name": "text" | {"base64": ".."}}`.
     #[schema(value_type = Vec<Object>)]
     pub inputs: Vec<serde_json::Value>,
     /// Items not started within this many milliseconds are not run.
@@ -84,7 +85,11 @@ fn decode_json_input(processing: &ProcessingSpec, i: usize, v: serde_json::Value
                 "inputs[{i}]: an image is a base64 string or {{\"base64\": \"..\"}}, got {other}"
             ))),
         },
-        ProcessingSpec::Tensor(_) => Ok(Input::Json(v)),
+        ProcessingSpec::Tensor(_) | ProcessingSpec::Bytes(_) => Ok(match v {
+            // A bare string is the worker's default input, as text.
+            serde_json::Value::String(s) if matches!(processing, ProcessingSpec::Bytes(_)) => Input::Text(s),
+            other => Input::Json(other),
+        }),
     }
 }
 

@@ -14,11 +14,16 @@
 //!   `embedding`, `FP32 [-1, dim]`.
 //! - `image`: one `BYTES` input `image` (an encoded JPEG/PNG per row); output
 //!   `detections` or `classes`, `BYTES [-1]`, one JSON document per row.
+//! - `bytes` (OMI workers): each worker input as `BYTES [-1]`, one file per
+//!   row; each worker output as `BYTES [-1]` (its text, or its bytes when it
+//!   was not text).
 
 pub mod grpc;
 pub mod http;
 
 use std::collections::BTreeMap;
+
+use base64::Engine as _;
 use std::time::{Duration, Instant};
 
 use sluice_core::spec::{ImagePostprocess, ProcessingSpec, RuntimeKind};
@@ -225,7 +230,7 @@ fn bytes_input(processing: &ProcessingSpec) -> Option<&'static str> {
     match processing {
         ProcessingSpec::Text(_) => Some("text"),
         ProcessingSpec::Image(_) => Some("image"),
-        ProcessingSpec::Tensor(_) => None,
+        ProcessingSpec::Tensor(_) | ProcessingSpec::Bytes(_) => None,
     }
 }
 
@@ -236,6 +241,7 @@ pub fn metadata(model: &Model) -> ModelMeta {
     let platform = match spec.runtime {
         RuntimeKind::Onnx => "onnxruntime_onnx",
         RuntimeKind::Noop => "sluice_noop",
+        RuntimeKind::Omi => "omi_grpc",
     };
     let (inputs, outputs) = match &spec.processing {
         ProcessingSpec::Tensor(_) => {
@@ -264,6 +270,10 @@ pub fn metadata(model: &Model) -> ModelMeta {
             };
             (vec![bytes_meta("image")], vec![bytes_meta(out)])
         }
+        ProcessingSpec::Bytes(_) => (
+            sig.inputs.iter().map(|t| bytes_meta(&t.name)).collect(),
+            sig.outputs.iter().map(|t| bytes_meta(&t.name)).collect(),
+        ),
     };
     ModelMeta {
         name: spec.name.clone(),
@@ -313,6 +323,9 @@ fn to_items(model: &Model, inputs: Vec<WireTensor>) -> Result<Vec<Input>, V2Erro
                 _ => Ok(Input::Bytes(b)),
             })
             .collect();
+    }
+    if let ProcessingSpec::Bytes(_) = spec.processing {
+        return bytes_items(inputs);
     }
     // Raw tensors: every graph input by name, rows split along dimension 0.
     let sig = model.signature();
@@ -378,6 +391,36 @@ fn to_items(model: &Model, inputs: Vec<WireTensor>) -> Result<Vec<Input>, V2Erro
     Ok(items.into_iter().map(Input::Tensors).collect())
 }
 
+/// Rows of named byte strings (OMI models): row `i` takes element `i` of
+/// every input, as a 1-D `u8` tensor; the processor checks the names.
+fn bytes_items(inputs: Vec<WireTensor>) -> Result<Vec<Input>, V2Error> {
+    let mut rows: Option<usize> = None;
+    let mut columns = Vec::with_capacity(inputs.len());
+    for t in inputs {
+        let WireData::Bytes(elems) = t.data else {
+            return Err(V2Error::BadRequest(format!("input '{}' must be BYTES", t.name)));
+        };
+        if rows.is_some_and(|r| r != elems.len()) {
+            return Err(V2Error::BadRequest(format!(
+                "inputs disagree on the batch dimension at '{}'",
+                t.name
+            )));
+        }
+        rows = Some(elems.len());
+        columns.push((t.name, elems));
+    }
+    let mut items: Vec<NamedTensors> = (0..rows.unwrap_or(0)).map(|_| NamedTensors::new()).collect();
+    for (name, elems) in columns {
+        for (item, e) in items.iter_mut().zip(elems) {
+            let n = e.len();
+            let t =
+                Tensor::new(vec![n], sluice_core::TensorData::U8(e)).map_err(|e| V2Error::Internal(e.to_string()))?;
+            item.insert(name.clone(), t);
+        }
+    }
+    Ok(items.into_iter().map(Input::Tensors).collect())
+}
+
 /// One item's output as named protocol values (no batch dimension).
 enum Cell {
     Numeric(Tensor),
@@ -397,6 +440,21 @@ fn cells(output: Output) -> Vec<(String, Cell)> {
         Output::Detections(d) => json("detections", serde_json::json!(d)),
         Output::Classes(c) => json("classes", serde_json::json!(c)),
         Output::Tensors(t) => t.into_iter().map(|(k, v)| (k, Cell::Numeric(v))).collect(),
+        Output::Files(files) => files
+            .into_iter()
+            .map(|(k, v)| {
+                let bytes = match v {
+                    serde_json::Value::String(s) => s.into_bytes(),
+                    serde_json::Value::Object(o) if o.len() == 1 && o.contains_key("base64") => o
+                        .get("base64")
+                        .and_then(|b| b.as_str())
+                        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                        .unwrap_or_default(),
+                    other => other.to_string().into_bytes(),
+                };
+                (k, Cell::Bytes(bytes))
+            })
+            .collect(),
     }
 }
 

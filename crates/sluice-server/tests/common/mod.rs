@@ -111,7 +111,11 @@ pub async fn tiny_mlp(name: &str) -> Model {
 /// The tiny MLP behind a [`FaultyBackend`]: every item cued with
 /// [`SLEEP_CUE`] (see [`slow_input`]) makes the runtime sleep 100 ms first.
 pub async fn slow_mlp(name: &str, max_batch_size: usize) -> Model {
-    let spec = tiny_mlp_spec(name, max_batch_size);
+    slow_mlp_from(tiny_mlp_spec(name, max_batch_size)).await
+}
+
+/// [`slow_mlp`] from a tiny-MLP spec the caller adjusted.
+pub async fn slow_mlp_from(spec: ModelSpec) -> Model {
     let inner = load_backend(&spec).await;
     let backend: Arc<dyn Backend> = Arc::new(FaultyBackend::new(inner, Duration::from_millis(100)));
     start(spec, backend).await

@@ -1,0 +1,310 @@
+//! Real-time inference over HTTP on loopback: the KServe v2 REST routes and
+//! `/v1/models/{m}/infer`, with the tiny MLP (real ONNX Runtime). Covers
+//! multi-row requests reassembled in order, the protocol's error bodies,
+//! deadlines (504), overload (429 with Retry-After, bounded queue, server
+//! still answering afterwards) and a client that disconnects (its item does
+//! not run). The slow variant of the model sleeps 100 ms per cued batch, which
+//! lets a test hold the single instance busy.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{slow_input, slow_mlp, tiny_mlp, tiny_mlp_spec, Server};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// A v2 JSON request for the tiny MLP with `rows` of 4 values.
+fn v2_body(rows: &[[f64; 4]]) -> Value {
+    let data: Vec<f64> = rows.iter().flatten().copied().collect();
+    json!({
+        "id": "r1",
+        "inputs": [{"name": "x", "shape": [rows.len(), 4], "datatype": "FP32", "data": data}]
+    })
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
+}
+
+fn v2_error(body: &Value) -> &str {
+    body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no v2 error string in {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_rows_are_split_and_reassembled_in_order() {
+    let server = Server::start(vec![tiny_mlp("mlp").await]).await;
+    let rows = [[0.1, 0.2, 0.3, 0.4], [-1.0, 0.0, 1.0, 2.0], [5.0, -5.0, 0.5, 0.0]];
+    let (status, batch) = server.post("/v2/models/mlp/infer", &v2_body(&rows)).await;
+    assert_eq!(status, StatusCode::OK, "{batch}");
+    assert_eq!(batch["model_name"], "mlp");
+    assert_eq!(batch["id"], "r1");
+    let out = &batch["outputs"][0];
+    assert_eq!(out["name"], "y");
+    assert_eq!(out["datatype"], "FP32");
+    assert_eq!(out["shape"], json!([3, 3]));
+    let all = floats(&out["data"]);
+    for (i, row) in rows.iter().enumerate() {
+        let (status, one) = server.post("/v2/models/mlp/versions/1/infer", &v2_body(&[*row])).await;
+        assert_eq!(status, StatusCode::OK, "{one}");
+        let single = floats(&one["outputs"][0]["data"]);
+        for (a, b) in all[i * 3..i * 3 + 3].iter().zip(&single) {
+            assert!((a - b).abs() < 1e-5, "row {i}: batched {a} vs single {b}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_metadata_health_and_errors() {
+    let server = Server::start(vec![tiny_mlp("mlp").await]).await;
+    let (status, meta) = server.get("/v2").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(meta["name"], "sluice");
+    assert!(meta["extensions"]
+        .as_array()
+        .is_some_and(|e| e.contains(&json!("binary_tensor_data"))));
+    assert_eq!(server.get("/v2/health/live").await.0, StatusCode::OK);
+    assert_eq!(server.get("/v2/health/ready").await.0, StatusCode::OK);
+    assert_eq!(server.get("/v2/models/mlp/ready").await.0, StatusCode::OK);
+    let (status, m) = server.get("/v2/models/mlp").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        m["inputs"],
+        json!([{"name": "x", "datatype": "FP32", "shape": [-1, 4]}])
+    );
+    assert_eq!(m["platform"], "onnxruntime_onnx");
+
+    let (status, body) = server.get("/v2/models/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(v2_error(&body).contains("unknown model 'nope'"));
+    let (status, body) = server.get("/v2/models/mlp/versions/7").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(v2_error(&body).contains("no version '7'"));
+
+    let wrong_type = json!({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "INT64", "data": [1, 2, 3, 4]}]});
+    let (status, body) = server.post("/v2/models/mlp/infer", &wrong_type).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(v2_error(&body).contains("must be FP32"), "{body}");
+    let wrong_shape = json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]});
+    let (status, body) = server.post("/v2/models/mlp/infer", &wrong_shape).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(v2_error(&body).contains("row 0"), "{body}");
+    let short = json!({"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [1, 2, 3]}]});
+    let (status, body) = server.post("/v2/models/mlp/infer", &short).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(v2_error(&body).contains("input 'x'"), "{body}");
+    let (status, body) = server
+        .post_raw("/v2/models/mlp/infer", "application/json", b"{".to_vec())
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(v2_error(&body).contains("invalid inference request JSON"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_binary_tensor_data_in_and_out() {
+    let server = Server::start(vec![tiny_mlp("mlp").await]).await;
+    let head = json!({
+        "inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "parameters": {"binary_data_size": 32}}],
+        "outputs": [{"name": "y", "parameters": {"binary_data": true}}]
+    })
+    .to_string();
+    let mut body = head.clone().into_bytes();
+    for v in [0.1f32, 0.2, 0.3, 0.4, -1.0, 0.0, 1.0, 2.0] {
+        body.extend(v.to_le_bytes());
+    }
+    let resp = server
+        .http
+        .post(server.url("/v2/models/mlp/infer"))
+        .header("inference-header-content-length", head.len())
+        .body(body)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let header_len: usize = resp.headers()["inference-header-content-length"]
+        .to_str()
+        .expect("header")
+        .parse()
+        .expect("number");
+    let bytes = resp.bytes().await.expect("body");
+    let json_part: Value = serde_json::from_slice(&bytes[..header_len]).expect("JSON header");
+    assert_eq!(json_part["outputs"][0]["parameters"]["binary_data_size"], 24);
+    let raw = &bytes[header_len..];
+    assert_eq!(raw.len(), 24);
+    let (_, reference) = server
+        .post(
+            "/v2/models/mlp/infer",
+            &v2_body(&[[0.1, 0.2, 0.3, 0.4], [-1.0, 0.0, 1.0, 2.0]]),
+        )
+        .await;
+    let want = floats(&reference["outputs"][0]["data"]);
+    for (i, c) in raw.chunks_exact(4).enumerate() {
+        let got = f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+        assert!((got - want[i]).abs() < 1e-6, "element {i}: {got} vs {}", want[i]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_infer_returns_one_result_per_input() {
+    let server = Server::start(vec![tiny_mlp("mlp").await]).await;
+    let (status, body) = server
+        .post(
+            "/v1/models/mlp/infer",
+            &json!({"inputs": [[1, 2, 3, 4], [1, 2, 3], [0, 0, 0, 0]]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let results = body["results"].as_array().expect("results");
+    assert_eq!(results.len(), 3);
+    assert!(results[0]["output"].is_object(), "{body}");
+    assert_eq!(results[1]["error"]["code"], "invalid_input", "{body}");
+    assert!(results[2]["output"].is_object(), "{body}");
+    common::assert_error(
+        "all inputs invalid",
+        server.post("/v1/models/mlp/infer", &json!({"inputs": [[1, 2]]})).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "expects shape",
+    );
+    common::assert_error(
+        "unknown model",
+        server
+            .post("/v1/models/nope/infer", &json!({"inputs": [[1, 2, 3, 4]]}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "nope",
+    );
+}
+
+/// Holds the slow model's only instance for about 100 ms per cued item.
+fn slow_request(n: usize) -> Value {
+    let rows: Vec<Value> = (0..n).map(slow_input).collect();
+    json!({"inputs": rows})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_passed_before_running_is_504_and_the_item_does_not_run() {
+    let model = slow_mlp("slow", 1).await;
+    let server = Server::start(vec![model.clone()]).await;
+    let busy = {
+        let (http, url) = (server.http.clone(), server.url("/v1/models/slow/infer"));
+        tokio::spawn(async move { http.post(url).json(&slow_request(3)).send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let body = json!({
+        "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [7, 7, 7, 7]}],
+        "parameters": {"timeout": 30_000}
+    });
+    let (status, resp) = server.post("/v2/models/slow/infer", &body).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{resp}");
+    assert!(v2_error(&resp).contains("deadline exceeded"), "{resp}");
+    // The header form, on the v1 route.
+    let resp = server
+        .http
+        .post(server.url("/v1/models/slow/infer"))
+        .header("x-sluice-timeout-ms", "20")
+        .json(&json!({"inputs": [[7, 7, 7, 7]]}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        busy.await.expect("task").expect("busy request").status(),
+        StatusCode::OK
+    );
+    let stats = model.stats();
+    assert_eq!(stats.expired, 2);
+    assert_eq!(stats.items_ok, 3, "only the three slow items ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_does_not_get_its_item_run() {
+    let model = slow_mlp("slow", 1).await;
+    let server = Server::start(vec![model.clone()]).await;
+    let busy = {
+        let (http, url) = (server.http.clone(), server.url("/v1/models/slow/infer"));
+        tokio::spawn(async move { http.post(url).json(&slow_request(3)).send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // This client gives up after 50 ms and closes its connection.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(50))
+        .build()
+        .expect("client");
+    let gave_up = impatient
+        .post(server.url("/v2/models/slow/infer"))
+        .json(&v2_body(&[[9.0, 9.0, 9.0, 9.0]]))
+        .send()
+        .await;
+    assert!(gave_up.is_err_and(|e| e.is_timeout()));
+    assert_eq!(
+        busy.await.expect("task").expect("busy request").status(),
+        StatusCode::OK
+    );
+    // A later request is served; the abandoned one never ran.
+    let (status, _) = server
+        .post("/v2/models/slow/infer", &v2_body(&[[1.0, 1.0, 1.0, 1.0]]))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let stats = model.stats();
+    assert_eq!(stats.abandoned, 1, "{stats:?}");
+    assert_eq!(
+        stats.items_ok, 4,
+        "3 slow items and the last request ran, not the abandoned one"
+    );
+    assert_eq!(model.realtime_waiting(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_answers_429_with_retry_after_and_the_server_stays_up() {
+    let mut spec = tiny_mlp_spec("slow", 1);
+    spec.realtime_queue_capacity = 4;
+    let model = common::slow_mlp_from(spec).await;
+    let server = Server::start(vec![model.clone()]).await;
+    // 20 concurrent slow single-row requests against a queue of 4.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (http, url) = (server.http.clone(), server.url("/v2/models/slow/infer"));
+        let body = json!({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+            "data": slow_input(i)}]});
+        tasks.push(tokio::spawn(async move { http.post(url).json(&body).send().await }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        let resp = t.await.expect("task").expect("response");
+        match resp.status() {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(resp.headers()["retry-after"], "1");
+                let body: Value = resp.json().await.expect("JSON");
+                assert!(v2_error(&body).contains("overloaded"), "{body}");
+                refused += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+        assert!(model.realtime_waiting() <= 4, "the real-time queue is bounded");
+    }
+    assert!(refused > 0, "no request was refused");
+    assert!(ok >= 4, "at least a queue's worth was served, got {ok}");
+    assert_eq!(ok + refused, 20);
+    let stats = model.stats();
+    assert_eq!(stats.realtime_rejected, refused);
+    // A multi-row request larger than the queue is refused whole, at once.
+    let rows: Vec<f64> = (0..5).flat_map(|_| [1.0, 2.0, 3.0, 4.0]).collect();
+    let big = json!({"inputs": [{"name": "x", "shape": [5, 4], "datatype": "FP32", "data": rows}]});
+    let (status, body) = server.post("/v2/models/slow/infer", &big).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    // Once drained, the server answers normally.
+    let (status, body) = server
+        .post("/v2/models/slow/infer", &v2_body(&[[1.0, 2.0, 3.0, 4.0]]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(server.get("/v2/health/live").await.0, StatusCode::OK);
+}
