@@ -465,8 +465,7 @@ async fn raw_onnx(spec: &ModelSpec, samples: &[Prepared], b: usize, dur: Duratio
     let samples: Vec<Prepared> = samples.to_vec();
     tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
         let path = spec.resolve(spec.model_file.as_ref().context("model_file")?);
-        let device = spec.device().map_err(anyhow::Error::msg)?;
-        let (session, _) = sluice_onnx::open_session(&path, device, spec.allow_cpu_fallback, spec.intra_op_threads)?;
+        let (session, _) = sluice_onnx::open_session(&path, sluice_onnx::SessionConfig::of(&spec)?)?;
         let mut inst = sluice_onnx::OnnxInstance::new(session);
         let names: Vec<String> = samples[0].tensors.keys().cloned().collect();
         let batches: Vec<Vec<(String, Tensor)>> = samples

@@ -3,11 +3,13 @@
 //! Subcommands: `run` (a streaming bulk run of one model over a file or a
 //! folder), `bench` (throughput per batch size, and against raw ONNX
 //! Runtime), `models` (list and inspect a model repository), `serve` (the
-//! jobs server) and `jobs` (its client).
+//! jobs server), `jobs` (its client) and `loadtest` (concurrent real-time
+//! clients against a server).
 
 mod bench;
 mod inputs;
 mod jobs;
+mod loadtest;
 mod models;
 mod run;
 mod serve;
@@ -40,6 +42,8 @@ enum Command {
     Models(models::ModelsCommand),
     /// Serve the jobs API over HTTP.
     Serve(serve::ServeArgs),
+    /// Load a running server with concurrent real-time clients (KServe v2), optionally beside a bulk job.
+    Loadtest(loadtest::LoadtestArgs),
     /// Submit and follow jobs on a running server.
     Jobs {
         #[command(flatten)]
@@ -136,6 +140,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(args) => bench::bench(args).await,
             Command::Models(cmd) => models::models(cmd).await,
             Command::Serve(args) => serve::serve(args).await,
+            Command::Loadtest(args) => loadtest::loadtest(args).await,
             Command::Jobs { server, command } => jobs::jobs(server, command).await,
         }
     })

@@ -78,6 +78,10 @@ pub struct ModelSpec {
     /// ONNX Runtime intra-op threads per instance; 0 lets ONNX Runtime decide.
     #[serde(default)]
     pub intra_op_threads: usize,
+    /// Let idle ONNX Runtime threads spin-wait for work (ONNX Runtime's
+    /// default). Turn off when the same cores also serve many requests.
+    #[serde(default = "yes")]
+    pub intra_op_spinning: bool,
     /// Items that may wait in the model's queue before submitters block.
     #[serde(default = "default_queue")]
     pub queue_capacity: usize,

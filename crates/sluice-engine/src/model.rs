@@ -412,7 +412,7 @@ impl Model {
         inner.stats.record_realtime(n, 0);
         let submitted = Instant::now();
         let processor = inner.processor.clone();
-        let prepared = tokio::task::spawn_blocking(move || {
+        let prepare_all = move || -> Vec<Result<Prepared, ItemError>> {
             inputs
                 .into_iter()
                 .map(|input| {
@@ -424,13 +424,19 @@ impl Model {
                             ))
                         })
                 })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|e| EngineError::Load {
-            model: inner.spec.name.clone(),
-            message: format!("pre-processing task failed: {e}"),
-        })?;
+                .collect()
+        };
+        // Decoding and tokenizing go to the blocking pool; shape checks run here.
+        let prepared = if inner.processor.is_cheap() {
+            prepare_all()
+        } else {
+            tokio::task::spawn_blocking(prepare_all)
+                .await
+                .map_err(|e| EngineError::Load {
+                    model: inner.spec.name.clone(),
+                    message: format!("pre-processing task failed: {e}"),
+                })?
+        };
         let mut permits = Some(permits);
         let mut waiting = Vec::with_capacity(n);
         for (i, outcome) in prepared.into_iter().enumerate() {

@@ -126,14 +126,41 @@ pub fn init() -> Result<Environment, OnnxError> {
     .map_err(OnnxError::Library)
 }
 
-/// Session options shared by the backend and the raw baseline benchmark,
-/// so both measure the same configuration.
-pub fn open_session(
-    path: &Path,
-    device: Device,
-    allow_cpu_fallback: bool,
-    intra_threads: usize,
-) -> Result<(Session, Device), OnnxError> {
+/// Session settings from a model's spec, shared by the backend and the raw
+/// baseline benchmarks so both measure the same configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionConfig {
+    /// Requested device.
+    pub device: Device,
+    /// Run on CPU when the requested GPU is unavailable.
+    pub allow_cpu_fallback: bool,
+    /// Intra-op threads; 0 lets ONNX Runtime decide.
+    pub intra_threads: usize,
+    /// Whether idle intra-op threads spin (ONNX Runtime's default) instead
+    /// of sleeping; spinning steals CPU from request handling on small hosts.
+    pub spinning: bool,
+}
+
+impl SessionConfig {
+    /// The settings a spec asks for.
+    pub fn of(spec: &ModelSpec) -> Result<SessionConfig, OnnxError> {
+        Ok(SessionConfig {
+            device: spec.device().map_err(OnnxError::Config)?,
+            allow_cpu_fallback: spec.allow_cpu_fallback,
+            intra_threads: spec.intra_op_threads,
+            spinning: spec.intra_op_spinning,
+        })
+    }
+}
+
+/// Opens a session of `path` with `cfg`; returns the device it runs on.
+pub fn open_session(path: &Path, cfg: SessionConfig) -> Result<(Session, Device), OnnxError> {
+    let SessionConfig {
+        device,
+        allow_cpu_fallback,
+        intra_threads,
+        spinning,
+    } = cfg;
     let env = init()?;
     let model_err = |message: String| OnnxError::Model {
         path: path.to_path_buf(),
@@ -147,6 +174,9 @@ pub fn open_session(
                 .map_err(|e| model_err(e.to_string()))?;
         }
         b = b.with_inter_threads(1).map_err(|e| model_err(e.to_string()))?;
+        if !spinning {
+            b = b.with_intra_op_spinning(false).map_err(|e| model_err(e.to_string()))?;
+        }
         Ok(b)
     };
     match device {
@@ -216,9 +246,7 @@ pub fn signature_of(session: &Session) -> ModelSignature {
 /// An ONNX model ready to create instances.
 pub struct OnnxBackend {
     path: PathBuf,
-    device: Device,
-    allow_cpu_fallback: bool,
-    intra_threads: usize,
+    cfg: SessionConfig,
     signature: ModelSignature,
     /// The session opened to read the signature, handed to instance 0.
     first: Mutex<Option<Session>>,
@@ -238,21 +266,21 @@ impl OnnxBackend {
                 message: "file not found (for models built at setup, run `bash scripts/setup.sh`)".into(),
             });
         }
-        let device = spec.device().map_err(OnnxError::Config)?;
-        let (session, device) = open_session(&path, device, spec.allow_cpu_fallback, spec.intra_op_threads)?;
+        let mut cfg = SessionConfig::of(spec)?;
+        let (session, device) = open_session(&path, cfg)?;
+        // Later instances open on the device the first one got (after any fallback).
+        cfg.device = device;
         Ok(OnnxBackend {
             signature: signature_of(&session),
             path,
-            device,
-            allow_cpu_fallback: spec.allow_cpu_fallback,
-            intra_threads: spec.intra_op_threads,
+            cfg,
             first: Mutex::new(Some(session)),
         })
     }
 
     /// The device sessions actually run on (after any CPU fallback).
     pub fn device(&self) -> Device {
-        self.device
+        self.cfg.device
     }
 }
 
@@ -262,12 +290,12 @@ impl Backend for OnnxBackend {
     }
 
     fn describe(&self) -> String {
-        let threads = if self.intra_threads == 0 {
+        let threads = if self.cfg.intra_threads == 0 {
             "default threads".to_string()
         } else {
-            format!("{} intra-op threads", self.intra_threads)
+            format!("{} intra-op threads", self.cfg.intra_threads)
         };
-        format!("onnx {} ({threads})", self.device)
+        format!("onnx {} ({threads})", self.cfg.device)
     }
 
     fn create_instance(&self, _index: usize) -> Result<Box<dyn Runtime>, BatchError> {
@@ -275,7 +303,7 @@ impl Backend for OnnxBackend {
         let session = match reused {
             Some(s) => s,
             None => {
-                open_session(&self.path, self.device, self.allow_cpu_fallback, self.intra_threads)
+                open_session(&self.path, self.cfg)
                     .map_err(|e| BatchError::fatal(e.to_string()))?
                     .0
             }

@@ -108,6 +108,10 @@ pub fn file_value(bytes: &[u8]) -> serde_json::Value {
 }
 
 impl Processor for BytesProcessor {
+    fn is_cheap(&self) -> bool {
+        true
+    }
+
     fn preprocess(&self, input: Input) -> Result<Prepared, ItemError> {
         let tensors = match input {
             Input::Bytes(b) => NamedTensors::from([(self.default_input.clone(), bytes_tensor(b))]),

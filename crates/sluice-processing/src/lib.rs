@@ -96,6 +96,13 @@ pub trait Processor: Send + Sync {
 
     /// Turns one item's model outputs into its result.
     fn postprocess(&self, outputs: NamedTensors, meta: &Meta) -> Result<Output, ItemError>;
+
+    /// Whether [`Processor::preprocess`] is cheap enough (a few checks, no
+    /// decoding or tokenizing) to run inline on an async task instead of
+    /// being handed to a thread; real-time requests skip a thread hop then.
+    fn is_cheap(&self) -> bool {
+        false
+    }
 }
 
 /// Builds the processing chain `spec` declares, checked against the graph.

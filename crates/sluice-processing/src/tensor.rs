@@ -45,6 +45,10 @@ impl TensorProcessor {
 }
 
 impl Processor for TensorProcessor {
+    fn is_cheap(&self) -> bool {
+        true
+    }
+
     fn preprocess(&self, input: Input) -> Result<Prepared, ItemError> {
         let tensors = match input {
             Input::Tensors(t) => t,
