@@ -27,6 +27,11 @@ pub mod names {
     pub const BATCHES: &str = "sluice_model_batches_total";
     /// Counter `{model}`: extra runtime calls made to isolate failing items.
     pub const BISECTIONS: &str = "sluice_model_bisections_total";
+    /// Counter `{model}`: real-time items accepted (v2 and `/v1/models/{m}/infer`).
+    pub const REALTIME_ITEMS: &str = "sluice_model_realtime_items_total";
+    /// Counter `{model, reason="overloaded"|"deadline"|"disconnected"}`:
+    /// real-time items refused (429) or dropped before they ran.
+    pub const REALTIME_DROPPED: &str = "sluice_model_realtime_dropped_total";
     /// Histogram `{model}`: items per batch.
     pub const BATCH_SIZE: &str = "sluice_model_batch_size";
     /// Histogram `{model}`: items per batch / max batch size.
@@ -276,6 +281,27 @@ pub fn render(state: &AppState, jobs: &[Job]) -> String {
         "Extra runtime calls made to isolate failing items.",
         &|m| m.stats.bisections,
     );
+    per_model(
+        &mut e,
+        names::REALTIME_ITEMS,
+        "counter",
+        "Real-time items accepted.",
+        &|m| m.stats.realtime_items,
+    );
+    e.family(
+        names::REALTIME_DROPPED,
+        "counter",
+        "Real-time items refused (queue full) or not run (deadline passed, client gone).",
+    );
+    for m in &models {
+        for (reason, n) in [
+            ("overloaded", m.stats.realtime_rejected),
+            ("deadline", m.stats.expired),
+            ("disconnected", m.stats.abandoned),
+        ] {
+            e.sample(names::REALTIME_DROPPED, &[("model", &m.name), ("reason", reason)], n);
+        }
+    }
     per_model(
         &mut e,
         names::TOKENS,

@@ -296,6 +296,17 @@ async fn overload_answers_429_with_retry_after_and_the_server_stays_up() {
     assert_eq!(ok + refused, 20);
     let stats = model.stats();
     assert_eq!(stats.realtime_rejected, refused);
+    let metrics = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("text");
+    let line = format!("sluice_model_realtime_dropped_total{{model=\"slow\",reason=\"overloaded\"}} {refused}");
+    assert!(metrics.contains(&line), "no {line:?} in /metrics");
     // A multi-row request larger than the queue is refused whole, at once.
     let rows: Vec<f64> = (0..5).flat_map(|_| [1.0, 2.0, 3.0, 4.0]).collect();
     let big = json!({"inputs": [{"name": "x", "shape": [5, 4], "datatype": "FP32", "data": rows}]});
