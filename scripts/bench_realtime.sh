@@ -34,8 +34,9 @@ curl -sf "$URL/v2/health/ready" >/dev/null || { cat "$TMP/server.log"; exit 1; }
 
 stats() { curl -sf "$URL/v1/stats"; }
 
-echo "== raw ONNX Runtime, batch 32 ($SECS s)"
-"$BIN" loadtest --clients 0 --raw models/mlp --seconds "$SECS"
+raw() { "$BIN" loadtest --clients 0 --raw models/mlp --seconds "$SECS" | tee -a "$TMP/raw.txt"; }
+echo "== raw ONNX Runtime, batch 32 ($SECS s), before the load"
+raw
 
 echo
 if command -v wrk >/dev/null; then
@@ -59,12 +60,23 @@ PYEOF
         -s scripts/wrk/v2_infer.lua "$URL/v2/models/mlp/infer" | tee "$TMP/wrk.txt"
     if grep -q "Non-2xx" "$TMP/wrk.txt"; then echo "error: some requests failed" >&2; exit 1; fi
     stats > "$TMP/after.json"
-    "$PY" - "$TMP/before.json" "$TMP/after.json" <<'PYEOF'
-import json, sys
+    echo
+    echo "== raw ONNX Runtime, batch 32 ($SECS s), after the load"
+    raw
+    "$PY" - "$TMP/before.json" "$TMP/after.json" "$TMP/wrk.txt" "$TMP/raw.txt" <<'PYEOF'
+import json, re, statistics, sys
 b, a = (json.load(open(p))["models"][0] for p in sys.argv[1:3])
 batches = a["batches"] - b["batches"]
-print(f"mean batch size {(a['batched_items'] - b['batched_items']) / max(batches, 1):.2f}, "
+rate = float(re.search(r"Requests/sec:\s+([\d.]+)", open(sys.argv[3]).read()).group(1))
+raws = [float(x) for x in re.findall(r"raw ONNX Runtime ([\d.]+)", open(sys.argv[4]).read())]
+raw = statistics.mean(raws)
+print()
+print(f"sluice (64 clients): {rate:.1f} items/s, mean batch size "
+      f"{(a['batched_items'] - b['batched_items']) / max(batches, 1):.2f}, "
       f"mean batch execution {(a['run_seconds'] - b['run_seconds']) * 1e3 / max(batches, 1):.2f} ms")
+print(f"raw ONNX Runtime at batch 32: {' / '.join(f'{r:.1f}' for r in raws)} items/s (before / after)")
+print(f"sluice / raw: {100 * rate / raw:.1f}% of the mean, "
+      f"{100 * rate / max(raws):.1f}% of the best")
 PYEOF
 else
     echo "== 64 clients (sluice loadtest; install wrk for a lighter client), $SECS s"

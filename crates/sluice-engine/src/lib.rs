@@ -9,7 +9,7 @@
 //!        ─▶ instance threads (Runtime::run, bisect failures, post-process) ─▶ Reply
 //! ```
 //!
-//! The batcher is one async task that owns the waiting items; it forms a batch
+//! The batcher is one async task, on a thread of its own, that owns the waiting items; it forms a batch
 //! only when an instance is free, so the policy picks from everything that
 //! waits at that moment. Inference and processing run on dedicated OS
 //! threads, never on the async executor. A failed batch is bisected until

@@ -181,7 +181,6 @@ struct Inner {
 impl Model {
     /// Loads the backend a spec names and starts the model's pipeline.
     /// Blocking (loads the model); call it from a blocking context.
-    /// Needs a Tokio runtime for the batcher task.
     pub fn load(spec: ModelSpec) -> Result<Model, EngineError> {
         let backend = load_backend(&spec)?;
         Model::start(spec, backend)
@@ -250,7 +249,19 @@ impl Model {
             bulk: queue_rx,
             realtime: rt_rx,
         };
-        tokio::spawn(batcher::run(inbound, batch_tx, cfg, spec.instances, stats.clone()));
+        // The batcher gets a thread of its own (a single-threaded async
+        // runtime): when an instance frees up, the next batch is formed at
+        // once instead of waiting behind request handling on the executor.
+        let batcher_rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| load_err(format!("cannot start the batcher runtime: {e}")))?;
+        let batcher_stats = stats.clone();
+        let instances = spec.instances;
+        std::thread::Builder::new()
+            .name(format!("sluice-{}-batcher", spec.name))
+            .spawn(move || batcher_rt.block_on(batcher::run(inbound, batch_tx, cfg, instances, batcher_stats)))
+            .map_err(|e| load_err(format!("cannot start the batcher thread: {e}")))?;
         tracing::info!(model = %spec.name, backend = %backend.describe(), max_batch_size = spec.max_batch_size, instances = spec.instances, "model started");
         Ok(Model {
             inner: Arc::new(Inner {
