@@ -319,3 +319,70 @@ async fn overload_answers_429_with_retry_after_and_the_server_stays_up() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(server.get("/v2/health/live").await.0, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_in_real_time_get_labelled_detections() {
+    let server = Server::start(vec![common::repo_model("nanodet-m").await]).await;
+    let dog = std::fs::read(common::image("dog.jpg")).expect("image");
+    // Multipart on the simple route, a broken file beside the good one.
+    let (ctype, body) = common::multipart(&[("dog.jpg", dog.clone()), ("broken.jpg", b"not a JPEG".to_vec())]);
+    let (status, resp) = server.post_raw("/v1/models/nanodet-m/infer", &ctype, body).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    let labels: Vec<&str> = resp["results"][0]["output"]["detections"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no detections in {resp}"))
+        .iter()
+        .filter_map(|d| d["label"].as_str())
+        .collect();
+    assert!(labels.contains(&"dog") && labels.contains(&"bicycle"), "{labels:?}");
+    assert_eq!(resp["results"][1]["error"]["code"], "invalid_input", "{resp}");
+
+    // The same image as a v2 BYTES row: one JSON document per row.
+    let b64 = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&dog)
+    };
+    let (status, resp) = server
+        .post("/v1/models/nanodet-m/infer", &json!({"inputs": [{"base64": b64}]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    let head = json!({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+        "parameters": {"binary_data_size": dog.len() + 4}}]})
+    .to_string();
+    let mut body = head.clone().into_bytes();
+    body.extend(u32::try_from(dog.len()).expect("size").to_le_bytes());
+    body.extend(&dog);
+    let resp = server
+        .http
+        .post(server.url("/v2/models/nanodet-m/infer"))
+        .header("inference-header-content-length", head.len())
+        .body(body)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let v: Value = resp.json().await.expect("JSON");
+    assert_eq!(v["outputs"][0]["name"], "detections", "{v}");
+    let doc: Value = serde_json::from_str(v["outputs"][0]["data"][0].as_str().expect("string")).expect("JSON row");
+    assert!(
+        doc.as_array().is_some_and(|d| d.iter().any(|x| x["label"] == "dog")),
+        "{doc}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn texts_in_real_time_get_unit_embeddings() {
+    let server = Server::start(vec![common::repo_model("minilm-l6").await]).await;
+    let (status, resp) = server
+        .post("/v1/models/minilm-l6/infer", &json!({"inputs": ["a short text", ""]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    let e = floats(&resp["results"][0]["output"]["embedding"]);
+    assert_eq!(e.len(), 384);
+    assert!((e.iter().map(|x| x * x).sum::<f64>().sqrt() - 1.0).abs() < 1e-3);
+    assert_eq!(resp["results"][1]["error"]["code"], "invalid_input", "{resp}");
+    let body = json!({"inputs": [{"name": "text", "shape": [2, 1], "datatype": "BYTES", "data": [["one"], ["two"]]}]});
+    let (status, resp) = server.post("/v2/models/minilm-l6/infer", &body).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    assert_eq!(resp["outputs"][0]["shape"], json!([2, 384]), "{resp}");
+}
