@@ -76,6 +76,7 @@ impl Queued {
                 sluice_core::ItemError::new(sluice_core::ItemErrorKind::Canceled, "the client went away")
             }
         };
+        drop(self._slot);
         crate::model::fail_item(self.id, self.reply, self.submitted, error, stats);
     }
 }

@@ -73,6 +73,9 @@ pub(crate) fn run(mut runtime: Box<dyn Runtime>, rx: async_channel::Receiver<Bat
                 })
             });
             ctx.stats.record_item(result.is_ok());
+            // Free the real-time slot before answering, so a client that got
+            // its answer never sees its slot still taken.
+            drop(q._slot);
             q.reply.send(Completion {
                 id: q.id,
                 result,
