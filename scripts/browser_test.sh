@@ -20,7 +20,14 @@ fi
 [ -f models/minilm-l6/model.onnx ] || { echo "browser_test: models/minilm-l6 is not built; run bash scripts/setup.sh" >&2; exit 1; }
 
 # Always (re)build: a stale binary would test an old dashboard. A no-op when up to date.
-cargo build --release -q -p sluice-cli
+# PROFILE=debug (what scripts/test.sh uses) reuses the test build instead of a release build.
+PROFILE=${PROFILE:-release}
+if [ "$PROFILE" = release ]; then
+  cargo build --release -q -p sluice-cli
+else
+  cargo build -q -p sluice-cli
+fi
+SLUICE="target/$PROFILE/sluice"
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
@@ -38,11 +45,11 @@ trap cleanup EXIT
 mkdir -p "$WORK/models/noop"
 ln -s "$ROOT/models/minilm-l6" "$WORK/models/minilm-l6"
 cp models/noop/model.toml "$WORK/models/noop/"
-target/release/sluice bench --model "$WORK/models/noop" --batch-sizes 1,8,32,64 --seconds 0.3 >/dev/null
+"$SLUICE" bench --model "$WORK/models/noop" --batch-sizes 1,8,32,64 --seconds 0.3 >/dev/null
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 BASE="http://127.0.0.1:$PORT"
-SLUICE_LOG=${SLUICE_LOG:-warn} target/release/sluice serve --models "$WORK/models" --data-dir "$WORK/data" \
+SLUICE_LOG=${SLUICE_LOG:-warn} "$SLUICE" serve --models "$WORK/models" --data-dir "$WORK/data" \
   --listen "127.0.0.1:$PORT" >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 1 150); do
@@ -63,7 +70,7 @@ with open(dst, "w", encoding="utf-8") as f:
     for i in range(n):
         f.write(json.dumps({"id": f"t{i}", "text": texts[i % len(texts)]}) + "\n")
 PY
-JOB=$(target/release/sluice jobs --server "$BASE" submit --model minilm-l6 --input "$WORK/texts.jsonl" 2>/dev/null | tail -n 1)
+JOB=$("$SLUICE" jobs --server "$BASE" submit --model minilm-l6 --input "$WORK/texts.jsonl" 2>/dev/null | tail -n 1)
 [ -n "$JOB" ] || { echo "browser_test: job submission failed" >&2; exit 1; }
 echo "browser_test: job $JOB ($N texts) on $BASE"
 

@@ -12,3 +12,14 @@ echo "[test] cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "[test] cargo test"
 cargo test --workspace --no-fail-fast "$@"
+
+# The dashboard in a real browser: Debian's Chromium, installed when missing.
+if [[ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]]; then
+    echo "[test] installing Debian's chromium for the dashboard browser test"
+    SUDO=""
+    if [[ "$(id -u)" != 0 ]]; then SUDO="sudo"; fi
+    $SUDO apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium >/dev/null
+fi
+echo "[test] dashboard browser test (scripts/browser_test.sh)"
+PROFILE=debug bash scripts/browser_test.sh
