@@ -37,12 +37,20 @@ pub struct ServeArgs {
     /// Most inputs in one job.
     #[arg(long, env = "SLUICE_MAX_INPUTS_PER_JOB", default_value_t = 50_000_000)]
     max_inputs_per_job: u64,
+    /// Memory that image decodes in flight may take together, MiB: a decode
+    /// waits while others hold it, and a picture that alone needs more fails.
+    #[arg(long, env = "SLUICE_DECODE_MEMORY_MB", default_value_t = 1024)]
+    decode_memory_mb: u64,
     /// Seconds shutdown waits for running batches.
     #[arg(long, env = "SLUICE_SHUTDOWN_GRACE_S", default_value_t = 30)]
     shutdown_grace_s: u64,
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if args.decode_memory_mb == 0 {
+        anyhow::bail!("--decode-memory-mb must be at least 1");
+    }
+    sluice_processing::decode::DecodeBudget::global().set_limit(args.decode_memory_mb << 20);
     let cfg = sluice_server::ServerConfig {
         models: args.models,
         data_dir: args.data_dir,

@@ -243,8 +243,21 @@ pub struct ImageSpec {
     /// Divides per channel after subtracting the mean.
     #[serde(default = "unit_std")]
     pub std: [f32; 3],
+    /// Largest picture accepted, in pixels (width x height), checked from the
+    /// file's header before anything is decoded: a small file that claims a
+    /// huge picture (a decompression bomb) fails alone instead of taking
+    /// gigabytes. Default 40 million (an 8K frame is 33 million).
+    #[serde(default = "default_max_pixels")]
+    pub max_pixels: u64,
     /// What the outputs mean.
     pub postprocess: ImagePostprocess,
+}
+
+/// Default [`ImageSpec::max_pixels`].
+pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
+
+fn default_max_pixels() -> u64 {
+    DEFAULT_MAX_PIXELS
 }
 
 fn unit_scale() -> f32 {

@@ -51,6 +51,8 @@ pub struct ImageProcessor {
     lut: Box<[[f32; 256]; 3]>,
     /// What the outputs mean.
     head: Head,
+    /// Largest picture accepted, in pixels.
+    max_pixels: u64,
 }
 
 /// The interpretation of the model's outputs.
@@ -236,6 +238,7 @@ impl ImageProcessor {
             source_channel,
             lut,
             head,
+            max_pixels: spec.max_pixels,
         })
     }
 
@@ -348,10 +351,10 @@ impl Processor for ImageProcessor {
             return Err(ItemError::invalid("cannot decode image: the input is empty"));
         }
         check_complete_jpeg(&bytes)?;
-        let image = ::image::load_from_memory(&bytes)
-            .map_err(|e| ItemError::invalid(format!("cannot decode image: {e}")))?
-            .into_rgb8();
-        let (tensor, meta) = self.tensor_from_rgb(&image)?;
+        let decoded = crate::decode::decode_rgb(&bytes, self.max_pixels, crate::decode::DecodeBudget::global())?;
+        drop(bytes);
+        let (tensor, meta) = self.tensor_from_rgb(&decoded.image)?;
+        drop(decoded);
         let mut tensors = NamedTensors::new();
         tensors.insert(self.input.clone(), tensor);
         Ok(Prepared {
@@ -812,6 +815,7 @@ mod tests {
             scale: 1.0,
             mean: [0.0; 3],
             std: [1.0; 3],
+            max_pixels: sluice_core::spec::DEFAULT_MAX_PIXELS,
             postprocess: classification(),
         }
     }

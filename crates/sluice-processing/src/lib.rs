@@ -13,6 +13,7 @@ use sluice_core::spec::{ModelSpec, ProcessingSpec};
 use sluice_core::{Input, ItemError, ModelSignature, NamedTensors, Output};
 
 pub mod bytes;
+pub mod decode;
 pub mod image;
 pub mod tensor;
 pub mod text;
@@ -126,4 +127,44 @@ pub fn read_labels(path: &std::path::Path) -> Result<Vec<String>, ProcessingErro
         .map(|l| l.trim().to_string())
         .filter(|l| !l.is_empty())
         .collect())
+}
+
+/// Inputs for tests of other crates (feature `test-util`).
+#[cfg(feature = "test-util")]
+pub mod test_util {
+    use std::io::Write as _;
+
+    /// A valid grayscale PNG of `width` x `height` black pixels, written
+    /// row by row without holding the picture: a decompression bomb (22000 x
+    /// 22000 is about 470 KB on disk, 484 million pixels decoded).
+    pub fn bomb_png(width: u32, height: u32) -> Vec<u8> {
+        fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+            out.extend_from_slice(&u32::try_from(data.len()).unwrap_or(u32::MAX).to_be_bytes());
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(kind);
+            crc.update(data);
+            out.extend_from_slice(kind);
+            out.extend_from_slice(data);
+            out.extend_from_slice(&crc.finalize().to_be_bytes());
+        }
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = Vec::with_capacity(13);
+        ihdr.extend_from_slice(&width.to_be_bytes());
+        ihdr.extend_from_slice(&height.to_be_bytes());
+        // 8-bit grayscale, deflate, adaptive filtering, no interlace.
+        ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
+        chunk(&mut png, b"IHDR", &ihdr);
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        // Each row: filter byte 0, then `width` zero pixels.
+        let row = vec![0u8; width as usize + 1];
+        for _ in 0..height {
+            let _ = z.write_all(&row);
+        }
+        let idat = z.finish().unwrap_or_default();
+        for part in idat.chunks(1 << 20) {
+            chunk(&mut png, b"IDAT", part);
+        }
+        chunk(&mut png, b"IEND", &[]);
+        png
+    }
 }

@@ -93,11 +93,87 @@ pub fn resolve_source(path: &str, roots: &[PathBuf]) -> Result<PathBuf, ApiError
     }
 }
 
+/// Why a file of a source folder was not read. The messages name neither the
+/// target of a link nor its size: a source must not become a way to probe
+/// files outside the allowed roots.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadRefusal {
+    /// The file, once its links are resolved, is not under an allowed root.
+    OutsideRoots,
+    /// Larger than the per-input limit.
+    TooLarge(usize),
+    /// The file could not be opened or read.
+    Io(std::io::ErrorKind),
+}
+
+impl std::fmt::Display for ReadRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadRefusal::OutsideRoots => f.write_str("it is a link that leads outside the allowed source roots"),
+            ReadRefusal::TooLarge(limit) => write!(f, "it is larger than the limit of {limit} bytes"),
+            ReadRefusal::Io(kind) => write!(f, "{kind}"),
+        }
+    }
+}
+
+/// Opens a file for reading only if it lies under `roots` once its links are
+/// resolved; on Linux the opened descriptor's own path (`/proc/self/fd/N`) is
+/// checked too, so a link swapped in after the check cannot redirect the read.
+pub fn open_confined(path: &Path, roots: &[PathBuf]) -> Result<std::fs::File, ReadRefusal> {
+    let under_roots = |p: &Path| roots.iter().any(|r| p.starts_with(r));
+    let resolved = path.canonicalize().map_err(|e| ReadRefusal::Io(e.kind()))?;
+    if !under_roots(&resolved) {
+        return Err(ReadRefusal::OutsideRoots);
+    }
+    let file = std::fs::File::open(&resolved).map_err(|e| ReadRefusal::Io(e.kind()))?;
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd as _;
+        // What was opened, whatever links changed in between; refuse when it
+        // cannot be told (fail closed).
+        let actual =
+            std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(|_| ReadRefusal::OutsideRoots)?;
+        if !under_roots(&actual) {
+            return Err(ReadRefusal::OutsideRoots);
+        }
+    }
+    Ok(file)
+}
+
+/// Reads a file of a source folder through [`open_confined`], refusing one
+/// larger than `max_input` bytes without reading it.
+pub fn read_confined(path: &Path, roots: &[PathBuf], max_input: usize) -> Result<Vec<u8>, ReadRefusal> {
+    use std::io::Read as _;
+    let file = open_confined(path, roots)?;
+    let meta = file.metadata().map_err(|e| ReadRefusal::Io(e.kind()))?;
+    if !meta.is_file() {
+        return Err(ReadRefusal::Io(std::io::ErrorKind::InvalidInput));
+    }
+    let limit = u64::try_from(max_input).unwrap_or(u64::MAX);
+    if meta.len() > limit {
+        return Err(ReadRefusal::TooLarge(max_input));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    // Bounded even if the file grows while it is read.
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| ReadRefusal::Io(e.kind()))?;
+    if bytes.len() > max_input {
+        return Err(ReadRefusal::TooLarge(max_input));
+    }
+    Ok(bytes)
+}
+
 /// Streams a source (JSONL / CSV / plain-text file, or a folder of files) as
 /// `(key, input)` chunks of up to `chunk` items, calling `sink` per chunk.
 /// A malformed line becomes an invalid input that fails alone in the job.
+///
+/// Every file of a folder is opened only after resolving its links: one that
+/// leads outside `roots` (a symlink planted in the folder) fails alone, with
+/// a message that says nothing about the file it points to.
 pub fn read_source(
     path: &Path,
+    roots: &[PathBuf],
     chunk: usize,
     max_input: usize,
     mut sink: impl FnMut(Vec<(String, InputValue)>) -> Result<(), String>,
@@ -128,9 +204,9 @@ pub fn read_source(
         files.sort();
         for f in files {
             let key = f.strip_prefix(path).unwrap_or(&f).display().to_string();
-            let value = match std::fs::read(&f) {
+            let value = match read_confined(&f, roots, max_input) {
                 Ok(b) => InputValue::Bytes(b),
-                Err(e) => InputValue::Invalid(format!("cannot read {key}: {e}")),
+                Err(why) => InputValue::Invalid(format!("cannot read {key}: {why}")),
             };
             push((key, value), &mut buf)?;
         }
@@ -140,7 +216,7 @@ pub fn read_source(
             .and_then(|e| e.to_str())
             .unwrap_or("")
             .to_ascii_lowercase();
-        let file = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let file = open_confined(path, roots).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let reader = std::io::BufReader::with_capacity(1 << 16, file);
         if ext == "csv" {
             let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(reader);

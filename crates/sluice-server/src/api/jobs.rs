@@ -285,7 +285,8 @@ fn spawn_source_ingest(state: AppState, job_id: String, model: String, path: std
     tokio::task::spawn_blocking(move || {
         let store = state.store.clone();
         let max_input = state.limits.max_input_bytes;
-        let result = ingest::read_source(&path, 1000, max_input, |chunk| {
+        let roots = state.source_roots.clone();
+        let result = ingest::read_source(&path, &roots, 1000, max_input, |chunk| {
             handle
                 .block_on(store.add_inputs(&job_id, chunk))
                 .map_err(|e| e.to_string())?;
