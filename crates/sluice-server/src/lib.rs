@@ -83,6 +83,39 @@ pub struct AppState {
     pub source_roots: Arc<Vec<PathBuf>>,
     /// Request limits.
     pub limits: Limits,
+    /// Set when the server starts shutting down: long-lived responses (a
+    /// results stream that follows a job) end, and source ingestion stops.
+    pub shutdown: ShutdownSignal,
+}
+
+/// A shutdown signal shared by every part of the server that must stop
+/// early: set once, seen by all clones.
+#[derive(Debug, Clone)]
+pub struct ShutdownSignal(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for ShutdownSignal {
+    fn default() -> Self {
+        ShutdownSignal(Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
+}
+
+impl ShutdownSignal {
+    /// Sets the signal.
+    pub fn trigger(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Whether the signal is set.
+    pub fn is_set(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once the signal is set.
+    pub async fn wait(&self) {
+        let mut rx = self.0.subscribe();
+        // The sender lives as long as `self`: `wait_for` cannot fail here.
+        let _ = rx.wait_for(|set| *set).await;
+    }
 }
 
 /// The router with every route and layer.
@@ -190,12 +223,14 @@ pub async fn serve(
             }
         })
         .collect();
+    let stop = ShutdownSignal::default();
     let state = AppState {
         registry: registry.clone(),
         store,
         scheduler: scheduler.clone(),
         source_roots: Arc::new(roots),
         limits: cfg.limits.clone(),
+        shutdown: stop.clone(),
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -204,15 +239,37 @@ pub async fn serve(
             source,
         })?;
     let addr = listener.local_addr().unwrap_or(cfg.listen);
-    // One shutdown signal, seen by both servers.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        stop_tx.send_replace(true);
-    });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
+    // One shutdown signal, seen by both servers, the scheduler and every
+    // long-lived response. When it comes, feeding stops at once; `grace`
+    // bounds the whole shutdown from that moment, whatever clients do.
+    let signaled = Arc::new(std::sync::OnceLock::<tokio::time::Instant>::new());
+    {
+        let stop = stop.clone();
+        let signaled = signaled.clone();
+        let scheduler = scheduler.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = signaled.set(tokio::time::Instant::now());
+            tracing::info!("shutting down: feeding stopped, open streams end, running batches finish");
+            scheduler.stop_feeding();
+            stop.trigger();
+        });
+    }
+    let grace = cfg.shutdown_grace;
+    let deadline = {
+        let stop = stop.clone();
+        let signaled = signaled.clone();
+        move || {
+            let stop = stop.clone();
+            let signaled = signaled.clone();
+            async move {
+                stop.wait().await;
+                let at = signaled.get().copied().unwrap_or_else(tokio::time::Instant::now);
+                tokio::time::sleep_until(at + grace).await;
+            }
+        }
     };
+    let stopped = |stop: ShutdownSignal| async move { stop.wait().await };
     let grpc = match cfg.grpc_listen {
         Some(grpc_addr) => {
             let grpc_listener =
@@ -226,7 +283,7 @@ pub async fn serve(
             eprintln!("sluice gRPC (KServe v2) listening on {bound}");
             let service = v2::grpc::InferenceService::new(registry.clone()).into_server(cfg.limits.max_body_bytes);
             let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
-            let signal = stopped(stop_rx.clone());
+            let signal = stopped(stop.clone());
             Some(tokio::spawn(async move {
                 let served = tonic::transport::Server::builder()
                     .add_service(service)
@@ -241,14 +298,20 @@ pub async fn serve(
     };
     tracing::info!(%addr, models = registry.entries().len(), "sluice serving");
     eprintln!("sluice listening on http://{addr}");
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(stopped(stop_rx))
-        .await
-        .map_err(|source| ServeError::Listen { addr, source })?;
+    let http = axum::serve(listener, app(state)).with_graceful_shutdown(stopped(stop.clone()));
+    tokio::select! {
+        served = http => served.map_err(|source| ServeError::Listen { addr, source })?,
+        () = deadline() => tracing::warn!("shutdown grace period over; closing the HTTP connections still open"),
+    }
     if let Some(grpc) = grpc {
-        let _ = grpc.await;
+        tokio::select! {
+            _ = grpc => {}
+            () = deadline() => tracing::warn!("shutdown grace period over; closing the gRPC calls still open"),
+        }
     }
     tracing::info!("shutting down: finishing running batches");
-    scheduler.shutdown(&registry, cfg.shutdown_grace).await;
+    let at = signaled.get().copied().unwrap_or_else(tokio::time::Instant::now);
+    let left = (at + grace).saturating_duration_since(tokio::time::Instant::now());
+    scheduler.shutdown(&registry, left).await;
     Ok(())
 }

@@ -139,20 +139,37 @@ impl Scheduler {
         self.notify(&job.model);
     }
 
-    /// Stops feeding, lets running batches finish and records their results.
-    /// Items not yet run stay pending in the store and run after a restart.
-    pub async fn shutdown(&self, registry: &Registry, grace: Duration) {
+    /// Stops feeding the models at once (the first step of a shutdown):
+    /// nothing more is read from the store; items already in the engine run
+    /// and are recorded.
+    pub fn stop_feeding(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         for n in self.wake.values() {
             n.notify_one();
         }
+        if let Ok(feeders) = self.feeders.lock() {
+            for f in feeders.iter() {
+                f.abort();
+            }
+        }
+    }
+
+    /// Whether [`Scheduler::stop_feeding`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Stops feeding, lets running batches finish and records their results,
+    /// for at most `grace`. Items not yet run stay pending in the store and
+    /// run after a restart.
+    pub async fn shutdown(&self, registry: &Registry, grace: Duration) {
+        self.stop_feeding();
         let feeders: Vec<_> = self
             .feeders
             .lock()
             .map(|mut f| f.drain(..).collect())
             .unwrap_or_default();
         for f in feeders {
-            f.abort();
             let _ = f.await;
         }
         for m in registry.ready() {

@@ -131,6 +131,17 @@ impl ServerProc {
     /// Starts `sluice serve` on a free loopback port and waits until `/readyz`
     /// answers 200. Retries with another port if the chosen one was taken meanwhile.
     pub fn start(models: &Path, data_dir: &Path, source_root: Option<&Path>, log: &Path) -> ServerProc {
+        ServerProc::start_with(models, data_dir, source_root, log, &[])
+    }
+
+    /// [`ServerProc::start`] with more `sluice serve` arguments.
+    pub fn start_with(
+        models: &Path,
+        data_dir: &Path,
+        source_root: Option<&Path>,
+        log: &Path,
+        extra: &[&str],
+    ) -> ServerProc {
         let http = Http::new();
         for attempt in 0..5 {
             let free_port = || {
@@ -155,6 +166,7 @@ impl ServerProc {
             if let Some(root) = source_root {
                 cmd.arg("--source-root").arg(root);
             }
+            cmd.args(extra);
             let child = cmd.spawn().expect("cannot start sluice serve");
             let mut server = ServerProc {
                 child,
@@ -184,6 +196,29 @@ impl ServerProc {
             }
         }
         panic!("could not find a free port for sluice serve");
+    }
+
+    /// Sends SIGTERM and waits for the exit, at most `limit`; the exit
+    /// status and how long it took.
+    pub fn terminate(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let o = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .output()
+            .expect("kill -TERM");
+        assert!(o.status.success(), "kill -TERM: {}", text(&o.stderr));
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return (status, start.elapsed());
+            }
+            assert!(
+                start.elapsed() < limit,
+                "sluice serve did not exit within {limit:?} of SIGTERM:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn log_text(&self) -> String {

@@ -280,6 +280,9 @@ pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<CreateJ
         .into_response())
 }
 
+/// Why source ingestion stopped early when the server shuts down.
+const SHUTTING_DOWN: &str = "the server is shutting down";
+
 fn spawn_source_ingest(state: AppState, job_id: String, model: String, path: std::path::PathBuf) {
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
@@ -287,12 +290,20 @@ fn spawn_source_ingest(state: AppState, job_id: String, model: String, path: std
         let max_input = state.limits.max_input_bytes;
         let roots = state.source_roots.clone();
         let result = ingest::read_source(&path, &roots, 1000, max_input, |chunk| {
+            if state.shutdown.is_set() {
+                return Err(SHUTTING_DOWN.to_string());
+            }
             handle
                 .block_on(store.add_inputs(&job_id, chunk))
                 .map_err(|e| e.to_string())?;
             state.scheduler.notify(&model);
             Ok(())
         });
+        if state.shutdown.is_set() && result.as_ref().is_err_and(|e| e == SHUTTING_DOWN) {
+            // Left unclosed: settled at the next start like any interrupted read.
+            tracing::info!(job = %job_id, "source ingestion stopped by the shutdown");
+            return;
+        }
         let settled = match &result {
             Ok(n) => {
                 tracing::info!(job = %job_id, inputs = n, source = %path.display(), "source ingested");
@@ -555,11 +566,13 @@ pub async fn results(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("job '{id}' not found")))?;
     let store = state.store.clone();
+    let shutdown = state.shutdown.clone();
     let page = 1000u64;
     let init = (q.cursor, q.limit.unwrap_or(u64::MAX), false);
     let stream = futures_util::stream::unfold(init, move |(cursor, left, done)| {
         let store = store.clone();
         let id = id.clone();
+        let shutdown = shutdown.clone();
         async move {
             if done || left == 0 {
                 return None;
@@ -589,10 +602,15 @@ pub async fn results(
                     }
                     return Some((Ok::<_, Infallible>(Bytes::from(chunk)), (next, left - count, false)));
                 }
-                if !q.wait || terminal {
+                // On shutdown a follower gets what is recorded, then the stream ends
+                // (it resumes from its last cursor against the restarted server).
+                if !q.wait || terminal || shutdown.is_set() {
                     return None;
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    () = shutdown.wait() => {}
+                }
             }
         }
     });

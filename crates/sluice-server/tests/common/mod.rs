@@ -185,6 +185,7 @@ impl Server {
             scheduler,
             source_roots: Arc::new(roots),
             limits: cfg.limits,
+            shutdown: sluice_server::ShutdownSignal::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local address");
