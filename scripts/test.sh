@@ -23,3 +23,8 @@ if [[ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]]; then
 fi
 echo "[test] dashboard browser test (scripts/browser_test.sh)"
 PROFILE=debug bash scripts/browser_test.sh
+
+# Property-based API tests: Schemathesis against GET /openapi.json on a real
+# server (bounded; fails on any 5xx or an answer the document does not describe).
+echo "[test] API property tests (scripts/api_fuzz.sh)"
+PROFILE=debug API_FUZZ_SECONDS="${API_FUZZ_SECONDS:-120}" bash scripts/api_fuzz.sh

@@ -398,7 +398,7 @@ pub fn render(state: &AppState, jobs: &[Job]) -> String {
 }
 
 /// Prometheus metrics (text format 0.0.4).
-#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain", body = String)))]
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn handler(State(state): State<AppState>) -> impl IntoResponse {
     let jobs = match state.store.active_jobs().await {
         Ok(j) => j,

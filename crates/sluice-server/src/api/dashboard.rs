@@ -77,7 +77,7 @@ pub struct Summary {
 }
 
 /// Live counters of every model in one request (what the dashboard polls).
-#[utoipa::path(get, path = "/v1/stats", responses((status = 200, body = Summary)))]
+#[utoipa::path(get, path = "/v1/stats", operation_id = "stats", responses((status = 200, body = Summary)))]
 pub async fn stats(State(state): State<AppState>) -> Json<Summary> {
     let models = state
         .registry

@@ -94,11 +94,14 @@ fn decode_json_input(processing: &ProcessingSpec, i: usize, v: serde_json::Value
 }
 
 /// Real-time inference with built-in pre- and post-processing.
-#[utoipa::path(post, path = "/v1/models/{name}/infer", params(("name" = String, Path, description = "Model name")),
+#[utoipa::path(post, path = "/v1/models/{name}/infer", operation_id = "infer", params(("name" = String, Path, description = "Model name")),
     request_body(content = InferBody, description = "JSON inputs; or multipart/form-data with one file per image"),
     responses((status = 200, body = InferAnswer), (status = 400, body = crate::error::ErrorBody),
-        (status = 404, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody),
-        (status = 504, body = crate::error::ErrorBody)))]
+        (status = 404, body = crate::error::ErrorBody),
+        (status = 413, body = crate::error::ErrorBody, description = "Body or batch too large"),
+        (status = 429, body = crate::error::ErrorBody, description = "Real-time queue full; retry after `Retry-After` seconds"),
+        (status = 503, body = crate::error::ErrorBody, description = "The model is not serving"),
+        (status = 504, body = crate::error::ErrorBody, description = "The deadline passed before the request ran")))]
 pub async fn infer(
     State(state): State<AppState>,
     Path(name): Path<String>,

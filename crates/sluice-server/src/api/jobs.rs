@@ -45,7 +45,7 @@ pub struct CreateJob {
     /// Inputs by key: a string (text), `{"base64": ..}` (bytes, e.g. an
     /// image), `{"text": ..}`, or `{"tensor": ..}` / any array or object (tensor).
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = inline_inputs_schema)]
     pub inputs: Option<serde_json::Map<String, serde_json::Value>>,
     /// A JSONL / CSV / text file or a folder on the server, under an allowed root.
     #[serde(default)]
@@ -55,13 +55,28 @@ pub struct CreateJob {
     pub open: bool,
     /// Time limit from creation; unfinished items then time out.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub timeout_ms: Option<u64>,
     /// Higher runs more often when jobs share a model (0..9).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 9)]
     pub priority: i32,
     /// Free-form labels to filter by.
     #[serde(default)]
     pub tags: Vec<String>,
+}
+
+/// The schema of `CreateJob::inputs`: an object with at least one key, or null.
+fn inline_inputs_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .min_properties(Some(1))
+        .description(Some(
+            "Inputs by key (at least one): a string (text), `{\"base64\": ..}` (bytes, e.g. an image), \
+             `{\"text\": ..}`, or `{\"tensor\": ..}` / any array or object (tensor).",
+        ))
+        .build()
 }
 
 /// Item counts of a job.
@@ -211,9 +226,16 @@ fn check_inputs(state: &AppState, items: &[(String, InputValue)], existing: u64)
 }
 
 /// Create a job.
-#[utoipa::path(post, path = "/v1/jobs", request_body = CreateJob,
-    responses((status = 201, body = JobView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/jobs", operation_id = "create_job", request_body = CreateJob,
+    responses((status = 201, body = JobView, description = "The job; `Location` is its URL",
+        links(
+            ("GetJob" = (operation_id = "get_job", parameters(("id" = "$response.body#/id")))),
+            ("AddInputs" = (operation_id = "add_job_inputs", parameters(("id" = "$response.body#/id")))),
+            ("CloseJob" = (operation_id = "close_job", parameters(("id" = "$response.body#/id")))),
+            ("Results" = (operation_id = "job_results", parameters(("id" = "$response.body#/id")))),
+            ("CancelJob" = (operation_id = "cancel_job", parameters(("id" = "$response.body#/id"))))
+        )), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody, description = "The store cannot be used now; retry after `Retry-After` seconds")))]
 pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<CreateJob>) -> Result<Response, ApiError> {
     check_model(&state, &req.model, req.version.as_deref())?;
     let modes = usize::from(req.inputs.is_some()) + usize::from(req.source.is_some()) + usize::from(req.open);
@@ -341,10 +363,10 @@ pub struct Added {
 
 /// Add inputs to an open job: a JSONL body (one `{"key", "text" | "base64" |
 /// "tensor" | "value"}` per line) or multipart files (key = file name).
-#[utoipa::path(post, path = "/v1/jobs/{id}/inputs", params(("id" = String, Path, description = "Job id")),
+#[utoipa::path(post, path = "/v1/jobs/{id}/inputs", operation_id = "add_job_inputs", params(("id" = String, Path, description = "Job id")),
     request_body(content = String, content_type = "application/x-ndjson"),
     responses((status = 200, body = Added), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
+              (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody, description = "The store cannot be used now; retry after `Retry-After` seconds")))]
 pub async fn add_inputs(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -407,8 +429,8 @@ pub async fn add_inputs(
 }
 
 /// Close an open job: no more inputs; it completes when all have run.
-#[utoipa::path(post, path = "/v1/jobs/{id}/close", params(("id" = String, Path, description = "Job id")),
-    responses((status = 200, body = JobView), (status = 404, body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/jobs/{id}/close", operation_id = "close_job", params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody, description = "The store cannot be used now; retry after `Retry-After` seconds")))]
 pub async fn close(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
     let job = state.store.close_job(&id).await?;
     state.scheduler.notify(&job.model);
@@ -416,8 +438,8 @@ pub async fn close(State(state): State<AppState>, Path(id): Path<String>) -> Res
 }
 
 /// A job's status, counts, timings, rate and ETA.
-#[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = String, Path, description = "Job id")),
-    responses((status = 200, body = JobView), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/jobs/{id}", operation_id = "get_job", params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody, description = "The store cannot be used now; retry after `Retry-After` seconds")))]
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
     let job = state
         .store
@@ -428,8 +450,8 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Resul
 }
 
 /// Cancel a job: items not yet run are dropped; a running batch finishes.
-#[utoipa::path(delete, path = "/v1/jobs/{id}", params(("id" = String, Path, description = "Job id")),
-    responses((status = 200, body = JobView), (status = 404, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/jobs/{id}", operation_id = "cancel_job", params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody, description = "The store cannot be used now; retry after `Retry-After` seconds")))]
 pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
     let job = state.store.cancel_job(&id).await?;
     state.scheduler.cancel(&job);
@@ -438,6 +460,7 @@ pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Re
 
 /// `GET /v1/jobs` query.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only jobs in this status.
@@ -447,6 +470,7 @@ pub struct ListQuery {
     /// Only jobs with this tag.
     pub tag: Option<String>,
     /// Page size (default 50, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -462,8 +486,8 @@ pub struct JobList {
 }
 
 /// List jobs, newest first, filtered and paged.
-#[utoipa::path(get, path = "/v1/jobs", params(ListQuery),
-    responses((status = 200, body = JobList), (status = 400, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/jobs", operation_id = "list_jobs", params(ListQuery),
+    responses((status = 200, body = JobList), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody, description = "The store cannot be used now; retry after `Retry-After` seconds")))]
 pub async fn list(
     State(state): State<AppState>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -539,6 +563,7 @@ impl From<ItemResult> for ResultLine {
 
 /// `GET /v1/jobs/{id}/results` query.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ResultsQuery {
     /// Continue after this cursor (the `cursor` of the last line read).
@@ -552,8 +577,8 @@ pub struct ResultsQuery {
 
 /// Results as NDJSON, in completion order, resumable with `cursor`; readable
 /// while the job runs (`wait=true` follows it to the end).
-#[utoipa::path(get, path = "/v1/jobs/{id}/results", params(("id" = String, Path, description = "Job id"), ResultsQuery),
-    responses((status = 200, body = ResultLine, content_type = "application/x-ndjson"), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/jobs/{id}/results", operation_id = "job_results", params(("id" = String, Path, description = "Job id"), ResultsQuery),
+    responses((status = 200, body = ResultLine, content_type = "application/x-ndjson"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody, description = "The store cannot be used now; retry after `Retry-After` seconds")))]
 pub async fn results(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -628,9 +653,9 @@ pub async fn results(
 }
 
 /// One input's result (state `pending` while it waits).
-#[utoipa::path(get, path = "/v1/jobs/{id}/results/{key}",
+#[utoipa::path(get, path = "/v1/jobs/{id}/results/{key}", operation_id = "job_result",
     params(("id" = String, Path, description = "Job id"), ("key" = String, Path, description = "Input key")),
-    responses((status = 200, body = ResultLine), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ResultLine), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody, description = "The store cannot be used now; retry after `Retry-After` seconds")))]
 pub async fn result(
     State(state): State<AppState>,
     Path((id, key)): Path<(String, String)>,

@@ -119,7 +119,7 @@ fn view(name: &str, entry: &Entry, detail: bool) -> ModelView {
 }
 
 /// Served models.
-#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = Vec<ModelView>)))]
+#[utoipa::path(get, path = "/v1/models", operation_id = "list_models", responses((status = 200, body = Vec<ModelView>)))]
 pub async fn list(State(state): State<AppState>) -> Json<Vec<ModelView>> {
     Json(
         state
@@ -132,7 +132,7 @@ pub async fn list(State(state): State<AppState>) -> Json<Vec<ModelView>> {
 }
 
 /// One model: settings, inputs and outputs, live counters.
-#[utoipa::path(get, path = "/v1/models/{name}", params(("name" = String, Path, description = "Model name")),
+#[utoipa::path(get, path = "/v1/models/{name}", operation_id = "get_model", params(("name" = String, Path, description = "Model name")),
     responses((status = 200, body = ModelView), (status = 404, body = ErrorBody)))]
 pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<ModelView>, ApiError> {
     let entry = state
@@ -171,7 +171,7 @@ fn health(state: &AppState) -> Health {
 }
 
 /// The process is up.
-#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", responses((status = 200, body = Health)))]
 pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
     let mut h = health(&state);
     h.status = "ok";
@@ -179,7 +179,7 @@ pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
 }
 
 /// Ready to serve: at least one model loaded and the store answering.
-#[utoipa::path(get, path = "/readyz", responses((status = 200, body = Health), (status = 503, body = Health)))]
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let mut h = health(&state);
     if state

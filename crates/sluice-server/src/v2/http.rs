@@ -68,7 +68,9 @@ impl IntoResponse for V2Error {
     }
 }
 
-async fn server_metadata() -> Json<Value> {
+/// Server metadata.
+#[utoipa::path(get, path = "/v2", operation_id = "v2_server_metadata", tag = "v2", responses((status = 200, body = super::schema::ServerMetadata)))]
+pub(crate) async fn server_metadata() -> Json<Value> {
     Json(json!({
         "name": super::SERVER_NAME,
         "version": env!("CARGO_PKG_VERSION"),
@@ -76,11 +78,16 @@ async fn server_metadata() -> Json<Value> {
     }))
 }
 
-async fn live() -> Json<Value> {
+/// Liveness.
+#[utoipa::path(get, path = "/v2/health/live", operation_id = "v2_live", tag = "v2", responses((status = 200, body = super::schema::Live)))]
+pub(crate) async fn live() -> Json<Value> {
     Json(json!({ "live": true }))
 }
 
-async fn ready(State(state): State<AppState>) -> Response {
+/// Readiness: some model is loaded.
+#[utoipa::path(get, path = "/v2/health/ready", operation_id = "v2_ready", tag = "v2",
+    responses((status = 200, body = super::schema::Ready), (status = 503, body = super::schema::V2ErrorBody, description = "No model is loaded")))]
+pub(crate) async fn ready(State(state): State<AppState>) -> Response {
     if state.registry.ready().next().is_some() {
         Json(json!({ "ready": true })).into_response()
     } else {
@@ -88,7 +95,10 @@ async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn model_metadata(
+/// Model metadata.
+#[utoipa::path(get, path = "/v2/models/{name}", operation_id = "v2_model_metadata", tag = "v2", params(("name" = String, Path, description = "Model name")),
+    responses((status = 200, body = super::ModelMeta), (status = 404, body = super::schema::V2ErrorBody), (status = 503, body = super::schema::V2ErrorBody, description = "The model failed to load")))]
+pub(crate) async fn model_metadata(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<super::ModelMeta>, V2Error> {
@@ -96,7 +106,10 @@ async fn model_metadata(
     Ok(Json(super::metadata(model)))
 }
 
-async fn model_metadata_v(
+/// Model metadata (a version).
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}", operation_id = "v2_model_metadata_version", tag = "v2", params(("name" = String, Path, description = "Model name"), ("version" = String, Path, description = "Model version (the served one)")),
+    responses((status = 200, body = super::ModelMeta), (status = 404, body = super::schema::V2ErrorBody), (status = 503, body = super::schema::V2ErrorBody, description = "The model failed to load")))]
+pub(crate) async fn model_metadata_v(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<super::ModelMeta>, V2Error> {
@@ -104,12 +117,21 @@ async fn model_metadata_v(
     Ok(Json(super::metadata(model)))
 }
 
-async fn model_ready(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, V2Error> {
+/// Model readiness.
+#[utoipa::path(get, path = "/v2/models/{name}/ready", operation_id = "v2_model_ready", tag = "v2", params(("name" = String, Path, description = "Model name")),
+    responses((status = 200, body = super::schema::ModelReady), (status = 404, body = super::schema::V2ErrorBody), (status = 503, body = super::schema::V2ErrorBody, description = "The model failed to load")))]
+pub(crate) async fn model_ready(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, V2Error> {
     super::lookup(&state.registry, &name, None)?;
     Ok(Json(json!({ "name": name, "ready": true })))
 }
 
-async fn model_ready_v(
+/// Model readiness (a version).
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}/ready", operation_id = "v2_model_ready_version", tag = "v2", params(("name" = String, Path, description = "Model name"), ("version" = String, Path, description = "Model version (the served one)")),
+    responses((status = 200, body = super::schema::ModelReady), (status = 404, body = super::schema::V2ErrorBody), (status = 503, body = super::schema::V2ErrorBody, description = "The model failed to load")))]
+pub(crate) async fn model_ready_v(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, V2Error> {
@@ -117,7 +139,14 @@ async fn model_ready_v(
     Ok(Json(json!({ "name": name, "ready": true })))
 }
 
-async fn infer(
+/// Inference: rows of the batch dimension are batched with other requests.
+#[utoipa::path(post, path = "/v2/models/{name}/infer", operation_id = "v2_infer", tag = "v2", params(("name" = String, Path, description = "Model name")),
+    request_body(content = super::schema::InferRequest, description = "JSON; or with the binary extension, this JSON followed by raw tensors (`Inference-Header-Content-Length` gives the JSON's length)"),
+    responses((status = 200, body = super::schema::InferResponse, description = "JSON; `application/octet-stream` with a JSON head when binary outputs were asked for"),
+        (status = 400, body = super::schema::V2ErrorBody), (status = 404, body = super::schema::V2ErrorBody), (status = 413, body = super::schema::V2ErrorBody, description = "Body or batch too large"),
+        (status = 429, body = super::schema::V2ErrorBody, description = "Real-time queue full; retry after `Retry-After` seconds"),
+        (status = 503, body = super::schema::V2ErrorBody, description = "The model is not serving"), (status = 504, body = super::schema::V2ErrorBody, description = "The deadline passed before the request ran")))]
+pub(crate) async fn infer(
     State(state): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
@@ -126,7 +155,14 @@ async fn infer(
     run(&state, &name, None, &headers, &body).await
 }
 
-async fn infer_v(
+/// Inference on a version.
+#[utoipa::path(post, path = "/v2/models/{name}/versions/{version}/infer", operation_id = "v2_infer_version", tag = "v2", params(("name" = String, Path, description = "Model name"), ("version" = String, Path, description = "Model version (the served one)")),
+    request_body(content = super::schema::InferRequest, description = "JSON; or with the binary extension, this JSON followed by raw tensors (`Inference-Header-Content-Length` gives the JSON's length)"),
+    responses((status = 200, body = super::schema::InferResponse, description = "JSON; `application/octet-stream` with a JSON head when binary outputs were asked for"),
+        (status = 400, body = super::schema::V2ErrorBody), (status = 404, body = super::schema::V2ErrorBody), (status = 413, body = super::schema::V2ErrorBody, description = "Body or batch too large"),
+        (status = 429, body = super::schema::V2ErrorBody, description = "Real-time queue full; retry after `Retry-After` seconds"),
+        (status = 503, body = super::schema::V2ErrorBody, description = "The model is not serving"), (status = 504, body = super::schema::V2ErrorBody, description = "The deadline passed before the request ran")))]
+pub(crate) async fn infer_v(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,

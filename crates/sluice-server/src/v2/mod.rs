@@ -20,6 +20,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod schema;
 
 use std::collections::BTreeMap;
 
@@ -126,7 +127,7 @@ pub struct InferResponse {
 }
 
 /// Name, datatype and shape (-1: any) of a model input or output.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct TensorMeta {
     /// Tensor name.
     pub name: String,
@@ -137,7 +138,7 @@ pub struct TensorMeta {
 }
 
 /// What `GET /v2/models/{m}` and `ModelMetadata` return.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ModelMeta {
     /// Model name.
     pub name: String,
