@@ -112,4 +112,7 @@ mod types;
 pub use error::StoreError;
 pub use sqlite::{now_ms, SqliteStore, DB_FILE_NAME};
 pub use store::Store;
-pub use types::{Completion, InputValue, ItemError, ItemResult, ItemRow, ItemState, Job, JobFilter, JobStatus, NewJob};
+pub use types::{
+    Completion, InputValue, ItemError, ItemResult, ItemRow, ItemState, Job, JobFilter, JobStatus, NewJob, StoreHealth,
+    WriteFailure,
+};
