@@ -52,6 +52,7 @@ impl StoreError {
             | StoreError::Invalid(_)
             | StoreError::TooManyInputs { .. } => None,
             StoreError::Corrupt(_) => Some("corrupt"),
+            StoreError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => Some("disk_full"),
             StoreError::Io(_) => Some("io_error"),
             StoreError::Migrate(_) => Some("database"),
             StoreError::Database(e) => Some(sqlx_class(e)),
@@ -74,6 +75,7 @@ fn sqlx_class(e: &sqlx::Error) -> &'static str {
                 _ => "database",
             }
         }
+        sqlx::Error::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => "disk_full",
         sqlx::Error::Io(_) => "io_error",
         sqlx::Error::PoolTimedOut => "pool_timeout",
         _ => "database",

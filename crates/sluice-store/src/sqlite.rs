@@ -39,6 +39,12 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Size of the read pool.
 const READ_CONNECTIONS: u32 = 4;
 
+/// Free space [`Store::probe_write`] asks for before it calls the store writable again.
+const PROBE_HEADROOM: usize = 1 << 20;
+
+/// The scratch file [`Store::probe_write`] writes beside the database, and removes.
+const PROBE_FILE_NAME: &str = ".sluice-write-probe";
+
 /// Rows per multi-row `INSERT` in [`Store::add_inputs`] (5 bound values each).
 const INSERT_ROWS_PER_STATEMENT: usize = 100;
 
@@ -91,6 +97,7 @@ pub struct SqliteStore {
     health: Arc<Mutex<StoreHealth>>,
     /// `PRAGMA max_page_count` applied to every writer connection; 0: SQLite's default. Only a
     /// test sets it (`set_max_page_count`, feature `test-util`), to make SQLite report a full disk.
+    #[cfg_attr(not(feature = "test-util"), allow(dead_code))]
     page_limit: Arc<AtomicU64>,
 }
 
@@ -736,17 +743,57 @@ impl Store for SqliteStore {
     }
 
     async fn probe_write(&self) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        let result = sqlx::query(
-            "INSERT INTO write_probe (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
-        )
-        .bind(now_ms())
-        .execute(&mut *tx.conn)
+        // A tiny write may fit in free pages while real ones still fail: first make sure there is
+        // room for PROBE_HEADROOM bytes on the file system...
+        let probe_file = self.path.with_file_name(PROBE_FILE_NAME);
+        let written = tokio::task::spawn_blocking(move || {
+            let written = write_probe_file(&probe_file);
+            let _ = std::fs::remove_file(&probe_file);
+            written
+        })
         .await
-        .map(|_| ())
-        .map_err(StoreError::from);
+        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+        if let Err(e) = written {
+            return Err(self.note_failure(StoreError::Io(e)));
+        }
+        // ...and inside the database's own page limit, then that a write commits.
+        let mut tx = self.begin_write().await?;
+        let result: Result<(), StoreError> = async {
+            let conn: &mut SqliteConnection = &mut tx.conn;
+            let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&mut *conn).await?;
+            let max_pages: i64 = sqlx::query_scalar("PRAGMA max_page_count")
+                .fetch_one(&mut *conn)
+                .await?;
+            let page_size: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(&mut *conn).await?;
+            let headroom = i64::try_from(PROBE_HEADROOM).unwrap_or(i64::MAX) / page_size.max(1);
+            if pages.saturating_add(headroom) > max_pages {
+                return Err(StoreError::Io(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "the database is at its page limit",
+                )));
+            }
+            sqlx::query(
+                "INSERT INTO write_probe (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+            )
+            .bind(now_ms())
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+        .await;
         self.finish(tx, result).await
     }
+}
+
+/// Writes [`PROBE_HEADROOM`] bytes to `path` and syncs them: fails when the file system is full.
+fn write_probe_file(path: &Path) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path)?;
+    let block = vec![0u8; 64 << 10];
+    for _ in 0..PROBE_HEADROOM / block.len() {
+        file.write_all(&block)?;
+    }
+    file.sync_all()
 }
 
 /// Checks a new job before its transaction: a model name, a representable timeout, tags once each.

@@ -860,6 +860,10 @@ async fn probe_write_follows_the_disk() -> TestResult {
     sqlite.set_max_page_count(Some(1)).await?;
     assert!(is_disk_full(&store.add_inputs(&created.id, big_texts(0..100)).await));
     assert!(!store.health().writable);
+    // A tiny write would fit in the free space of existing pages: the probe asks for headroom.
+    let probe = store.probe_write().await;
+    assert_eq!(probe.err().and_then(|e| e.failure_class()), Some("disk_full"));
+    assert!(!store.health().writable);
     sqlite.set_max_page_count(None).await?;
     store.probe_write().await?;
     assert!(store.health().writable);

@@ -42,6 +42,7 @@ use crate::error::{ErrorBody, ErrorDetail};
         infer::InferAnswer,
         infer::ItemAnswer,
         models::Health,
+        models::StoreStatus,
         dashboard::Summary,
         dashboard::ModelStats
     ))
