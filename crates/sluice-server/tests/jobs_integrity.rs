@@ -209,6 +209,13 @@ async fn concurrent_uploads_respect_max_inputs_per_job() {
         }
     }
     assert_eq!((accepted, refused), (90, 9));
+    // An inline job over the bound is refused the same way, and leaves nothing behind.
+    let over: serde_json::Map<String, Value> = (0..101).map(|i| (format!("k{i}"), json!([1.0]))).collect();
+    let (status, body) = server.post("/v1/jobs", &json!({"model": "noop", "inputs": over})).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"]["code"], json!("too_large"), "{body}");
+    let (_, list) = server.get("/v1/jobs").await;
+    assert_eq!(list["jobs"].as_array().map(Vec::len), Some(1), "{list}");
     let (status, closed) = server.post(&format!("/v1/jobs/{id}/close"), &json!({})).await;
     assert_eq!(status, StatusCode::OK, "{closed}");
     let done = server.wait_end(&id).await;
