@@ -3,7 +3,8 @@
 //! Every handler returns `Result<_, ApiError>`; the body is always
 //! `{"error": {"code": "...", "message": "..."}}`. Bad requests map to 4xx
 //! with a message naming the problem; only failures of Sluice itself (the
-//! store unreachable) are 5xx.
+//! store unable to write) are 5xx, and their answers never carry internal
+//! detail (SQL, paths): that goes to the log.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
@@ -43,6 +44,10 @@ pub enum ApiError {
     /// Not ready to serve (503).
     #[error("{0}")]
     Unavailable(String),
+    /// The job store cannot take the request now, e.g. its disk is full (503, with
+    /// `Retry-After`). The message is generic; the cause is logged.
+    #[error("{0}")]
+    StoreUnavailable(String),
     /// A failure of Sluice itself (500).
     #[error("{0}")]
     Internal(String),
@@ -76,6 +81,7 @@ impl ApiError {
             ApiError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -94,15 +100,26 @@ impl IntoResponse for ApiError {
             },
         };
         let mut resp = (status, Json(body)).into_response();
-        if status == StatusCode::TOO_MANY_REQUESTS {
+        let retry_after = match self {
+            ApiError::Overloaded(_) => Some("1"),
+            ApiError::StoreUnavailable(_) => Some(STORE_RETRY_AFTER_S),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
             resp.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
+                axum::http::HeaderValue::from_static(seconds),
             );
         }
         resp
     }
 }
+
+/// `Retry-After` (seconds) of a 503 from a store that cannot write.
+pub const STORE_RETRY_AFTER_S: &str = "5";
+
+/// The message of a 503 from a store that cannot write.
+pub const STORE_UNAVAILABLE: &str = "the job store cannot take this request now (see /readyz); retry later";
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
@@ -112,7 +129,16 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(m) => ApiError::Conflict(m),
             // A malformed argument from the request (e.g. a bad job list cursor) is the client's fault.
             e @ StoreError::Invalid(_) => ApiError::BadRequest(e.to_string()),
-            other => ApiError::Internal(other.to_string()),
+            e @ StoreError::TooManyInputs { .. } => ApiError::TooLarge(e.to_string()),
+            // The database's own text (SQL, paths) stays in the log.
+            e @ StoreError::Corrupt(_) => {
+                tracing::error!(error = %e, "the job store holds data it cannot read");
+                ApiError::Internal("internal error in the job store".into())
+            }
+            other => {
+                tracing::error!(error = %other, class = other.failure_class().unwrap_or("database"), "job store failure");
+                ApiError::StoreUnavailable(STORE_UNAVAILABLE.into())
+            }
         }
     }
 }

@@ -175,15 +175,44 @@ pub enum ServeError {
     },
 }
 
-/// Settles jobs whose creation a crash interrupted: an inline job stores all
-/// its inputs in one transaction before it is closed, so it is closed now; a
-/// `source` job whose file was only partly read is canceled rather than run on
-/// part of its inputs (resubmit it).
+/// How often the server tries a write while the store's last write failed, so
+/// that `/readyz` turns ready again soon after space is freed.
+pub const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Starts the task that, every `every` until `stop`, makes a probe write when
+/// the store's last write failed (see [`Store::probe_write`]); a success makes
+/// the store writable again in its health, and `/readyz` ready.
+pub fn spawn_store_probe(store: Arc<dyn Store>, every: Duration, stop: ShutdownSignal) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = stop.wait() => return,
+            }
+            if !store.health().writable {
+                match store.probe_write().await {
+                    Ok(()) => tracing::info!("probe write succeeded: the job store is writable again"),
+                    Err(e) => tracing::debug!(error = %e, "probe write failed: the job store still cannot write"),
+                }
+            }
+        }
+    })
+}
+
+/// Settles jobs whose creation a crash interrupted. An inline job is created
+/// with all its inputs and closed in one transaction, so none is left unclosed
+/// (a database written by an older version may hold one: with inputs, they came
+/// in one transaction and it is closed; without, its creation was cut short and
+/// it is canceled, never reported complete). A `source` job whose file was only
+/// partly read is canceled rather than run on part of its inputs (resubmit it).
 async fn recover_unclosed(store: &dyn Store) {
     let Ok(active) = store.active_jobs().await else { return };
     for job in active.into_iter().filter(|j| !j.open && !j.closed) {
         let outcome = if job.source.is_some() {
             tracing::warn!(job = %job.id, "reading the job's source was interrupted by a restart; canceling it");
+            store.cancel_job(&job.id).await
+        } else if job.total == 0 {
+            tracing::warn!(job = %job.id, "the job's creation was interrupted before its inputs were stored; canceling it");
             store.cancel_job(&job.id).await
         } else {
             store.close_job(&job.id).await
@@ -224,6 +253,7 @@ pub async fn serve(
         })
         .collect();
     let stop = ShutdownSignal::default();
+    spawn_store_probe(store.clone(), STORE_PROBE_INTERVAL, stop.clone());
     let state = AppState {
         registry: registry.clone(),
         store,

@@ -426,10 +426,17 @@ async fn writer(
         loop {
             match store.record(items.clone()).await {
                 Ok(_) => break,
-                Err(e) if attempt < 5 => {
+                // A database that cannot write (a full disk, an I/O error) may
+                // recover: keep the batch and retry until it does. Meanwhile the
+                // feeder waits for permits (they come back as completions are
+                // taken from the channel), so at most a window of items is in
+                // flight and the model's instances never block on this channel.
+                Err(e) if e.failure_class().is_some_and(|c| c != "corrupt") => {
                     attempt += 1;
-                    tracing::warn!(error = %e, attempt, "recording results failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                    if attempt <= 5 || attempt.is_multiple_of(30) {
+                        tracing::warn!(error = %e, attempt, items = items.len(), "recording results failed; retrying");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(20)))).await;
                 }
                 Err(e) => {
                     // The items stay pending and run again after a restart.

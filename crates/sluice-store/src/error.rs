@@ -21,6 +21,13 @@ pub enum StoreError {
     /// A stored value could not be decoded: the database holds something this code never writes.
     #[error("corrupt store data: {0}")]
     Corrupt(String),
+    /// Adding the inputs would take the job past the most inputs a job may hold; nothing of the
+    /// call was added.
+    #[error("a job holds at most {limit} inputs")]
+    TooManyInputs {
+        /// The most inputs a job may hold.
+        limit: u64,
+    },
     /// The data directory could not be created.
     #[error("cannot prepare data directory: {0}")]
     Io(#[from] std::io::Error),
@@ -30,4 +37,47 @@ pub enum StoreError {
     /// The embedded schema migrations could not be applied.
     #[error("schema migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// For a failure of the database itself (not of the caller's request), its class: `disk_full`,
+    /// `io_error`, `read_only`, `busy`, `corrupt`, `cannot_open`, `pool_timeout` or `database`.
+    /// `None` for the errors that describe the request (not found, duplicate key, conflict,
+    /// invalid argument, too many inputs).
+    pub fn failure_class(&self) -> Option<&'static str> {
+        match self {
+            StoreError::NotFound(_)
+            | StoreError::DuplicateKey(_)
+            | StoreError::Conflict(_)
+            | StoreError::Invalid(_)
+            | StoreError::TooManyInputs { .. } => None,
+            StoreError::Corrupt(_) => Some("corrupt"),
+            StoreError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => Some("disk_full"),
+            StoreError::Io(_) => Some("io_error"),
+            StoreError::Migrate(_) => Some("database"),
+            StoreError::Database(e) => Some(sqlx_class(e)),
+        }
+    }
+}
+
+/// The class of a database error, from SQLite's primary result code.
+fn sqlx_class(e: &sqlx::Error) -> &'static str {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().and_then(|c| c.parse::<i64>().ok()).unwrap_or(1);
+            match code & 0xff {
+                13 => "disk_full",
+                10 => "io_error",
+                8 => "read_only",
+                5 | 6 => "busy",
+                11 | 26 => "corrupt",
+                14 => "cannot_open",
+                _ => "database",
+            }
+        }
+        sqlx::Error::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => "disk_full",
+        sqlx::Error::Io(_) => "io_error",
+        sqlx::Error::PoolTimedOut => "pool_timeout",
+        _ => "database",
+    }
 }

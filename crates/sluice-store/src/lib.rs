@@ -103,6 +103,15 @@
 //! [`SqliteStore`] writes through a single connection with `BEGIN IMMEDIATE` transactions, so writers
 //! queue in-process and a second process would wait on the busy timeout; reads use a separate pool
 //! and, in WAL mode, never block writes.
+//!
+//! # Failed writes
+//!
+//! A write that fails (a full disk, an I/O error) is rolled back whole, and the writer connection is
+//! never left inside a transaction: if the rollback fails, the connection is closed and replaced.
+//! [`Store::health`] then says the store cannot write (with the failure's class and time) until a
+//! write commits again; [`Store::probe_write`] is the write a server makes to find out.
+//! [`Store::create_job_with_inputs`] makes an inline job appear whole or not at all, and
+//! [`Store::add_inputs_within`] bounds a job's size inside the insert's transaction.
 
 mod error;
 mod sqlite;
@@ -112,4 +121,7 @@ mod types;
 pub use error::StoreError;
 pub use sqlite::{now_ms, SqliteStore, DB_FILE_NAME};
 pub use store::Store;
-pub use types::{Completion, InputValue, ItemError, ItemResult, ItemRow, ItemState, Job, JobFilter, JobStatus, NewJob};
+pub use types::{
+    Completion, InputValue, ItemError, ItemResult, ItemRow, ItemState, Job, JobFilter, JobStatus, NewJob, StoreHealth,
+    WriteFailure,
+};

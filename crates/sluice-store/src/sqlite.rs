@@ -10,18 +10,21 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, SqlitePool};
+use sqlx::{Executor as _, Row, Sqlite, SqlitePool};
 
 use crate::{
     Completion, InputValue, ItemError, ItemResult, ItemRow, ItemState, Job, JobFilter, JobStatus, NewJob, Store,
-    StoreError,
+    StoreError, StoreHealth, WriteFailure,
 };
 
 /// The schema, embedded from `crates/sluice-store/migrations/` and applied by [`SqliteStore::open`].
@@ -35,6 +38,12 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Size of the read pool.
 const READ_CONNECTIONS: u32 = 4;
+
+/// Free space [`Store::probe_write`] asks for before it calls the store writable again.
+const PROBE_HEADROOM: usize = 1 << 20;
+
+/// The scratch file [`Store::probe_write`] writes beside the database, and removes.
+const PROBE_FILE_NAME: &str = ".sluice-write-probe";
 
 /// Rows per multi-row `INSERT` in [`Store::add_inputs`] (5 bound values each).
 const INSERT_ROWS_PER_STATEMENT: usize = 100;
@@ -85,7 +94,46 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     path: PathBuf,
+    health: Arc<Mutex<StoreHealth>>,
+    /// `PRAGMA max_page_count` applied to every writer connection; 0: SQLite's default. Only a
+    /// test sets it (`set_max_page_count`, feature `test-util`), to make SQLite report a full disk.
+    #[cfg_attr(not(feature = "test-util"), allow(dead_code))]
+    page_limit: Arc<AtomicU64>,
 }
+
+/// A write transaction (`BEGIN IMMEDIATE`) on the writer connection, ended by
+/// [`SqliteStore::finish`].
+///
+/// sqlx's own `Transaction` is not used for writes: when SQLite rolls a transaction back by itself
+/// (a full disk failing the COMMIT), sqlx's rollback fails and it keeps counting the transaction as
+/// open, so the pooled connection then refuses every `BEGIN` ("attempted to call begin_with at
+/// non-zero transaction depth") until the process restarts. Here a failed write rolls back
+/// explicitly, and a connection whose rollback fails, or whose transaction is abandoned (the
+/// calling future dropped half-way), is closed instead of going back to the pool (closing rolls
+/// back whatever is open); the pool opens a fresh one.
+struct WriteTx {
+    conn: PoolConnection<Sqlite>,
+    open: bool,
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if self.open {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// A job validated for insertion.
+struct PreparedJob {
+    new: NewJob,
+    tags: Vec<String>,
+    tags_json: String,
+    timeout_ms: Option<i64>,
+}
+
+/// Inputs in their stored form: key, kind, BLOB.
+type Rows = Vec<(String, &'static str, Vec<u8>)>;
 
 impl SqliteStore {
     /// Opens (creating if needed) `data_dir/sluice.db`, creating `data_dir` too, and brings its schema
@@ -101,11 +149,23 @@ impl SqliteStore {
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true)
             .pragma("cache_size", "-32768");
+        let page_limit = Arc::new(AtomicU64::new(0));
+        let limit = page_limit.clone();
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
+            .after_connect(move |conn, _| {
+                let pages = limit.load(Ordering::SeqCst);
+                Box::pin(async move {
+                    if pages > 0 {
+                        conn.execute(format!("PRAGMA max_page_count = {pages}").as_str())
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&writer).await?;
@@ -114,7 +174,30 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         tracing::info!(path = %path.display(), "job store opened");
-        Ok(SqliteStore { writer, reader, path })
+        Ok(SqliteStore {
+            writer,
+            reader,
+            path,
+            health: Arc::new(Mutex::new(StoreHealth::default())),
+            page_limit,
+        })
+    }
+
+    /// Test hook: sets `PRAGMA max_page_count` on the writer connection (and on any that replaces
+    /// it), so that a write needing more pages fails as on a full disk (`SQLITE_FULL`); `None`
+    /// lifts the limit. SQLite never sets it below the current size, so `Some(1)` means "no more
+    /// pages than now". Returns the limit in force.
+    #[cfg(feature = "test-util")]
+    pub async fn set_max_page_count(&self, pages: Option<u64>) -> Result<u64, StoreError> {
+        // SQLite's largest page count.
+        let pages = pages.unwrap_or(4_294_967_294);
+        let mut conn = self.writer.acquire().await?;
+        let set: i64 = sqlx::query_scalar(&format!("PRAGMA max_page_count = {pages}"))
+            .fetch_one(&mut *conn)
+            .await?;
+        let set = u64::try_from(set).unwrap_or(0);
+        self.page_limit.store(set, Ordering::SeqCst);
+        Ok(set)
     }
 
     /// The database file.
@@ -130,110 +213,80 @@ impl SqliteStore {
         self.reader.close().await;
     }
 
-    /// Starts a write transaction (`BEGIN IMMEDIATE`). Dropping it without `commit` rolls back.
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
-    }
-
-    /// Ends a job that is not terminal yet: its pending items take `state`, the job `status`.
-    async fn end_job(&self, job_id: &str, state: ItemState, status: JobStatus) -> Result<Job, StoreError> {
-        let (code, message, counter) = match state {
-            ItemState::Canceled => ("canceled", "the job was canceled before this item finished", "canceled"),
-            ItemState::Timedout => ("timedout", "the job timed out before this item finished", "timedout"),
-            other => return Err(StoreError::Invalid(format!("cannot end a job with items {other}"))),
+    /// Starts a write transaction (`BEGIN IMMEDIATE`); end it with [`SqliteStore::finish`].
+    async fn begin_write(&self) -> Result<WriteTx, StoreError> {
+        let mut conn = match self.writer.acquire().await {
+            Ok(conn) => conn,
+            Err(e) => return Err(self.note_failure(e.into())),
         };
-        let mut tx = self.begin_write().await?;
-        let conn: &mut SqliteConnection = &mut tx;
-        let (pk, job) = load_job(conn, job_id).await?;
-        if job.status.is_terminal() {
-            return Ok(job);
-        }
-        let base = finished_count(&job)?;
-        let now = now_ms();
-        let ended = sqlx::query(END_ITEMS_SQL)
-            .bind(state.as_str())
-            .bind(code)
-            .bind(message)
-            .bind(base)
-            .bind(pk)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-        sqlx::query(&format!(
-            "UPDATE jobs SET {counter} = {counter} + ?1, status = ?2, closed = 1, finished_at = ?3 WHERE pk = ?4"
-        ))
-        .bind(to_i64(ended)?)
-        .bind(status.as_str())
-        .bind(now)
-        .bind(pk)
-        .execute(&mut *conn)
-        .await?;
-        tracing::info!(job_id = %job_id, %status, items = ended, "job ended");
-        let value = load_job(conn, job_id).await?.1;
-        tx.commit().await?;
-        Ok(value)
-    }
-}
-
-#[async_trait]
-impl Store for SqliteStore {
-    async fn create_job(&self, new: NewJob) -> Result<Job, StoreError> {
-        if new.model.trim().is_empty() {
-            return Err(StoreError::Invalid("a job needs a model name".into()));
-        }
-        let timeout_ms = new.timeout_ms.map(to_i64).transpose()?;
-        let mut seen = HashSet::new();
-        let tags: Vec<String> = new.tags.into_iter().filter(|tag| seen.insert(tag.clone())).collect();
-        let tags_json = serde_json::to_string(&tags).map_err(|e| StoreError::Invalid(format!("tags: {e}")))?;
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let created_at = now_ms();
-        let mut tx = self.begin_write().await?;
-        let conn: &mut SqliteConnection = &mut tx;
-        let pk: i64 = sqlx::query_scalar(
-            "INSERT INTO jobs (id, model, version, status, open, priority, tags, timeout_ms, source, \
-                 created_at) VALUES (?1, ?2, ?3, 'SUBMITTED', ?4, ?5, ?6, ?7, ?8, ?9) RETURNING pk",
-        )
-        .bind(&id)
-        .bind(&new.model)
-        .bind(&new.version)
-        .bind(new.open)
-        .bind(new.priority)
-        .bind(&tags_json)
-        .bind(timeout_ms)
-        .bind(&new.source)
-        .bind(created_at)
-        .fetch_one(&mut *conn)
-        .await?;
-        for tag in &tags {
-            sqlx::query("INSERT INTO job_tags (job_pk, tag) VALUES (?1, ?2)")
-                .bind(pk)
-                .bind(tag)
-                .execute(&mut *conn)
-                .await?;
-        }
-        let job = load_job(conn, &id).await?.1;
-        tx.commit().await?;
-        tracing::debug!(job_id = %job.id, model = %job.model, "job created");
-        Ok(job)
-    }
-
-    async fn add_inputs(&self, job_id: &str, inputs: Vec<(String, InputValue)>) -> Result<u64, StoreError> {
-        // Duplicates within the call are found here, so the key can be named precisely.
-        let mut keys = HashSet::with_capacity(inputs.len());
-        for (key, _) in &inputs {
-            if !keys.insert(key.as_str()) {
-                return Err(StoreError::DuplicateKey(key.clone()));
+        match conn.execute("BEGIN IMMEDIATE").await {
+            Ok(_) => Ok(WriteTx { conn, open: true }),
+            Err(e) => {
+                conn.close_on_drop();
+                Err(self.note_failure(e.into()))
             }
         }
-        drop(keys);
-        let mut rows = Vec::with_capacity(inputs.len());
-        for (key, value) in inputs {
-            let (kind, blob) = value.to_blob()?;
-            rows.push((key, kind, blob));
+    }
+
+    /// Ends a write transaction: commits it when `result` is a success, rolls it back otherwise or
+    /// when the commit fails, and notes the outcome in the store's health.
+    async fn finish<T>(&self, mut tx: WriteTx, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        let err = match result {
+            Ok(value) => match tx.conn.execute("COMMIT").await {
+                Ok(_) => {
+                    tx.open = false;
+                    self.note_success();
+                    return Ok(value);
+                }
+                Err(e) => StoreError::from(e),
+            },
+            Err(e) => e,
+        };
+        match tx.conn.execute("ROLLBACK").await {
+            Ok(_) => tx.open = false,
+            // SQLite may have rolled back already (a full disk at COMMIT); whatever the state, the
+            // connection is closed when `tx` drops and a fresh one replaces it.
+            Err(e) => tracing::warn!(error = %e, "rollback failed; the writer connection is replaced"),
         }
-        let mut tx = self.begin_write().await?;
-        let conn: &mut SqliteConnection = &mut tx;
-        let (pk, job) = load_job(conn, job_id).await?;
+        Err(self.note_failure(err))
+    }
+
+    /// Marks the store writable after a write committed.
+    fn note_success(&self) {
+        let mut health = self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !health.writable {
+            tracing::info!("the job store writes again");
+        }
+        health.writable = true;
+        health.last_write_ok_at = Some(now_ms());
+    }
+
+    /// Marks the store not writable when `err` is a failure of the database (not of the request),
+    /// logging its detail; returns `err`.
+    fn note_failure(&self, err: StoreError) -> StoreError {
+        if matches!(err, StoreError::Database(_) | StoreError::Io(_)) {
+            let class = err.failure_class().unwrap_or("database");
+            tracing::error!(error = %err, class, "a write to the job store failed");
+            let mut health = self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            health.writable = false;
+            health.last_write_error = Some(WriteFailure {
+                class: class.to_owned(),
+                at: now_ms(),
+            });
+        }
+        err
+    }
+
+    /// Appends `rows` to a job inside the caller's transaction, after checking that it takes inputs
+    /// and stays within `max_inputs`.
+    async fn insert_inputs(
+        conn: &mut SqliteConnection,
+        pk: i64,
+        job: &Job,
+        rows: &Rows,
+        max_inputs: u64,
+    ) -> Result<(), StoreError> {
+        let job_id = &job.id;
         if job.status.is_terminal() {
             return Err(StoreError::Conflict(format!(
                 "job {job_id} is {}: it takes no inputs",
@@ -244,6 +297,9 @@ impl Store for SqliteStore {
             return Err(StoreError::Conflict(format!(
                 "job {job_id} is closed: it takes no more inputs"
             )));
+        }
+        if job.total.saturating_add(rows.len() as u64) > max_inputs {
+            return Err(StoreError::TooManyInputs { limit: max_inputs });
         }
         let added = to_i64(rows.len() as u64)?;
         let mut seq = to_i64(job.total)?;
@@ -272,29 +328,137 @@ impl Store for SqliteStore {
             .bind(pk)
             .execute(&mut *conn)
             .await?;
-        tracing::debug!(job_id = %job_id, added, "inputs added");
-        let value = rows.len() as u64;
-        tx.commit().await?;
-        Ok(value)
+        Ok(())
+    }
+
+    /// Ends a job that is not terminal yet: its pending items take `state`, the job `status`.
+    async fn end_job(&self, job_id: &str, state: ItemState, status: JobStatus) -> Result<Job, StoreError> {
+        let (code, message, counter) = match state {
+            ItemState::Canceled => ("canceled", "the job was canceled before this item finished", "canceled"),
+            ItemState::Timedout => ("timedout", "the job timed out before this item finished", "timedout"),
+            other => return Err(StoreError::Invalid(format!("cannot end a job with items {other}"))),
+        };
+        let mut tx = self.begin_write().await?;
+        let result: Result<Job, StoreError> = async {
+            let conn: &mut SqliteConnection = &mut tx.conn;
+            let (pk, job) = load_job(conn, job_id).await?;
+            if job.status.is_terminal() {
+                return Ok(job);
+            }
+            let base = finished_count(&job)?;
+            let now = now_ms();
+            let ended = sqlx::query(END_ITEMS_SQL)
+                .bind(state.as_str())
+                .bind(code)
+                .bind(message)
+                .bind(base)
+                .bind(pk)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            sqlx::query(&format!(
+                "UPDATE jobs SET {counter} = {counter} + ?1, status = ?2, closed = 1, finished_at = ?3 WHERE pk = ?4"
+            ))
+            .bind(to_i64(ended)?)
+            .bind(status.as_str())
+            .bind(now)
+            .bind(pk)
+            .execute(&mut *conn)
+            .await?;
+            tracing::info!(job_id = %job_id, %status, items = ended, "job ended");
+            Ok(load_job(conn, job_id).await?.1)
+        }
+        .await;
+        self.finish(tx, result).await
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_job(&self, new: NewJob) -> Result<Job, StoreError> {
+        let job = prepare_job(new)?;
+        let mut tx = self.begin_write().await?;
+        let result: Result<Job, StoreError> = async {
+            let conn: &mut SqliteConnection = &mut tx.conn;
+            let (_, id) = insert_job(conn, &job).await?;
+            Ok(load_job(conn, &id).await?.1)
+        }
+        .await;
+        let job = self.finish(tx, result).await?;
+        tracing::debug!(job_id = %job.id, model = %job.model, "job created");
+        Ok(job)
+    }
+
+    async fn create_job_with_inputs(
+        &self,
+        new: NewJob,
+        inputs: Vec<(String, InputValue)>,
+        max_inputs: u64,
+    ) -> Result<Job, StoreError> {
+        if inputs.is_empty() {
+            return Err(StoreError::Invalid(
+                "a job created with its inputs needs at least one".into(),
+            ));
+        }
+        let job = prepare_job(new)?;
+        let rows = prepare_rows(inputs)?;
+        let mut tx = self.begin_write().await?;
+        let result: Result<Job, StoreError> = async {
+            let conn: &mut SqliteConnection = &mut tx.conn;
+            let (pk, id) = insert_job(conn, &job).await?;
+            let created = load_job(conn, &id).await?.1;
+            Self::insert_inputs(conn, pk, &created, &rows, max_inputs).await?;
+            sqlx::query("UPDATE jobs SET closed = 1 WHERE pk = ?1")
+                .bind(pk)
+                .execute(&mut *conn)
+                .await?;
+            finish_if_done(conn, pk, now_ms()).await?;
+            Ok(load_job(conn, &id).await?.1)
+        }
+        .await;
+        let job = self.finish(tx, result).await?;
+        tracing::debug!(job_id = %job.id, model = %job.model, total = job.total, "job created with its inputs");
+        Ok(job)
+    }
+
+    async fn add_inputs_within(
+        &self,
+        job_id: &str,
+        inputs: Vec<(String, InputValue)>,
+        max_inputs: u64,
+    ) -> Result<u64, StoreError> {
+        let rows = prepare_rows(inputs)?;
+        let mut tx = self.begin_write().await?;
+        let result: Result<(), StoreError> = async {
+            let conn: &mut SqliteConnection = &mut tx.conn;
+            let (pk, job) = load_job(conn, job_id).await?;
+            Self::insert_inputs(conn, pk, &job, &rows, max_inputs).await
+        }
+        .await;
+        self.finish(tx, result).await?;
+        tracing::debug!(job_id = %job_id, added = rows.len(), "inputs added");
+        Ok(rows.len() as u64)
     }
 
     async fn close_job(&self, job_id: &str) -> Result<Job, StoreError> {
         let mut tx = self.begin_write().await?;
-        let conn: &mut SqliteConnection = &mut tx;
-        let (pk, job) = load_job(conn, job_id).await?;
-        if job.closed || job.status.is_terminal() {
-            return Ok(job);
+        let result: Result<Job, StoreError> = async {
+            let conn: &mut SqliteConnection = &mut tx.conn;
+            let (pk, job) = load_job(conn, job_id).await?;
+            if job.closed || job.status.is_terminal() {
+                return Ok(job);
+            }
+            sqlx::query("UPDATE jobs SET closed = 1 WHERE pk = ?1")
+                .bind(pk)
+                .execute(&mut *conn)
+                .await?;
+            finish_if_done(conn, pk, now_ms()).await?;
+            let job = load_job(conn, job_id).await?.1;
+            tracing::debug!(job_id = %job_id, total = job.total, status = %job.status, "job closed");
+            Ok(job)
         }
-        sqlx::query("UPDATE jobs SET closed = 1 WHERE pk = ?1")
-            .bind(pk)
-            .execute(&mut *conn)
-            .await?;
-        finish_if_done(conn, pk, now_ms()).await?;
-        let job = load_job(conn, job_id).await?.1;
-        tracing::debug!(job_id = %job_id, total = job.total, status = %job.status, "job closed");
-        let value = job;
-        tx.commit().await?;
-        Ok(value)
+        .await;
+        self.finish(tx, result).await
     }
 
     async fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError> {
@@ -406,113 +570,120 @@ impl Store for SqliteStore {
         }
 
         let mut tx = self.begin_write().await?;
-        let conn: &mut SqliteConnection = &mut tx;
-        let now = now_ms();
-        let mut recorded = 0u64;
-        for (job_id, group) in groups {
-            let Some((pk, job)) = find_job(conn, job_id).await? else {
-                tracing::warn!(
-                    job_id,
-                    count = group.len(),
-                    "completions for an unknown job are ignored"
-                );
-                continue;
-            };
-            if job.pending == 0 {
-                continue;
-            }
-            // Which of these items are still pending (the guard that makes recording idempotent)...
-            let seqs: Vec<i64> = group.iter().map(|(c, _)| c.seq).collect();
-            let mut pending: HashMap<i64, i64> = sqlx::query_as::<_, (i64, i64)>(PENDING_ROWIDS_SQL)
-                .bind(json_text(&seqs)?)
-                .bind(pk)
-                .fetch_all(&mut *conn)
-                .await?
-                .into_iter()
-                .collect();
-            // ...then one UPDATE for all of them, each with the next done_seq. The first completion
-            // of an item in the call wins; later ones are no-ops, as they would be in a later call.
-            let mut next_done_seq = finished_count(&job)?;
-            let (mut completed, mut failed, mut queue_ms, mut model_ms) = (0i64, 0i64, 0f64, 0f64);
-            let mut updates = Vec::with_capacity(pending.len());
-            for (c, output) in group {
-                let Some(rowid) = pending.remove(&c.seq) else { continue };
-                let (q, m) = (finite_ms(c.queue_ms), finite_ms(c.model_ms));
-                updates.push(serde_json::json!([
-                    rowid,
-                    c.state.as_str(),
-                    output,
-                    c.error_code,
-                    c.error_message,
-                    q,
-                    m,
-                    next_done_seq
-                ]));
-                next_done_seq += 1;
-                if c.state == ItemState::Done {
-                    completed += 1;
-                } else {
-                    failed += 1;
+        let result: Result<u64, StoreError> = async {
+            let conn: &mut SqliteConnection = &mut tx.conn;
+            let now = now_ms();
+            let mut recorded = 0u64;
+            for (job_id, group) in groups {
+                let Some((pk, job)) = find_job(conn, job_id).await? else {
+                    tracing::warn!(
+                        job_id,
+                        count = group.len(),
+                        "completions for an unknown job are ignored"
+                    );
+                    continue;
+                };
+                if job.pending == 0 {
+                    continue;
                 }
-                queue_ms += q;
-                model_ms += m;
-            }
-            if updates.is_empty() {
-                continue;
-            }
-            let expected = updates.len() as u64;
-            let changed = sqlx::query(RECORD_ITEMS_SQL)
-                .bind(json_text(&updates)?)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-            if changed != expected {
-                // Cannot happen with a single writer; rolling back keeps the counters exact if it does.
-                return Err(StoreError::Corrupt(format!(
-                    "job {job_id}: {changed} items updated where {expected} were pending"
-                )));
-            }
-            sqlx::query(
-                "UPDATE jobs SET completed = completed + ?1, failed = failed + ?2, \
+                // Which of these items are still pending (the guard that makes recording idempotent)...
+                let seqs: Vec<i64> = group.iter().map(|(c, _)| c.seq).collect();
+                let mut pending: HashMap<i64, i64> = sqlx::query_as::<_, (i64, i64)>(PENDING_ROWIDS_SQL)
+                    .bind(json_text(&seqs)?)
+                    .bind(pk)
+                    .fetch_all(&mut *conn)
+                    .await?
+                    .into_iter()
+                    .collect();
+                // ...then one UPDATE for all of them, each with the next done_seq. The first completion
+                // of an item in the call wins; later ones are no-ops, as they would be in a later call.
+                let mut next_done_seq = finished_count(&job)?;
+                let (mut completed, mut failed, mut queue_ms, mut model_ms) = (0i64, 0i64, 0f64, 0f64);
+                let mut updates = Vec::with_capacity(pending.len());
+                for (c, output) in group {
+                    let Some(rowid) = pending.remove(&c.seq) else { continue };
+                    let (q, m) = (finite_ms(c.queue_ms), finite_ms(c.model_ms));
+                    updates.push(serde_json::json!([
+                        rowid,
+                        c.state.as_str(),
+                        output,
+                        c.error_code,
+                        c.error_message,
+                        q,
+                        m,
+                        next_done_seq
+                    ]));
+                    next_done_seq += 1;
+                    if c.state == ItemState::Done {
+                        completed += 1;
+                    } else {
+                        failed += 1;
+                    }
+                    queue_ms += q;
+                    model_ms += m;
+                }
+                if updates.is_empty() {
+                    continue;
+                }
+                let expected = updates.len() as u64;
+                let changed = sqlx::query(RECORD_ITEMS_SQL)
+                    .bind(json_text(&updates)?)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                if changed != expected {
+                    // Cannot happen with a single writer; rolling back keeps the counters exact if it does.
+                    return Err(StoreError::Corrupt(format!(
+                        "job {job_id}: {changed} items updated where {expected} were pending"
+                    )));
+                }
+                sqlx::query(
+                    "UPDATE jobs SET completed = completed + ?1, failed = failed + ?2, \
                  queue_ms_total = queue_ms_total + ?3, model_ms_total = model_ms_total + ?4, \
                  started_at = COALESCE(started_at, ?5), \
                  status = CASE WHEN status = 'SUBMITTED' THEN 'IN_PROGRESS' ELSE status END \
                  WHERE pk = ?6",
-            )
-            .bind(completed)
-            .bind(failed)
-            .bind(queue_ms)
-            .bind(model_ms)
-            .bind(now)
-            .bind(pk)
-            .execute(&mut *conn)
-            .await?;
-            finish_if_done(conn, pk, now).await?;
-            recorded += expected;
+                )
+                .bind(completed)
+                .bind(failed)
+                .bind(queue_ms)
+                .bind(model_ms)
+                .bind(now)
+                .bind(pk)
+                .execute(&mut *conn)
+                .await?;
+                finish_if_done(conn, pk, now).await?;
+                recorded += expected;
+            }
+            Ok(recorded)
         }
-        tx.commit().await?;
+        .await;
+        let recorded = self.finish(tx, result).await?;
         tracing::trace!(given = prepared.len(), recorded, "completions recorded");
         Ok(recorded)
     }
 
     async fn mark_started(&self, job_id: &str) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        let conn: &mut SqliteConnection = &mut tx;
-        let changed = sqlx::query(
-            "UPDATE jobs SET status = 'IN_PROGRESS', started_at = COALESCE(started_at, ?1) \
+        let result: Result<(), StoreError> = async {
+            let conn: &mut SqliteConnection = &mut tx.conn;
+            let changed = sqlx::query(
+                "UPDATE jobs SET status = 'IN_PROGRESS', started_at = COALESCE(started_at, ?1) \
              WHERE id = ?2 AND status = 'SUBMITTED'",
-        )
-        .bind(now_ms())
-        .bind(job_id)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        if changed == 0 {
-            // Either past SUBMITTED already (fine) or unknown.
-            job_pk(conn, job_id).await?;
+            )
+            .bind(now_ms())
+            .bind(job_id)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if changed == 0 {
+                // Either past SUBMITTED already (fine) or unknown.
+                job_pk(conn, job_id).await?;
+            }
+            Ok(())
         }
-        tx.commit().await?;
-        Ok(())
+        .await;
+        self.finish(tx, result).await
     }
 
     async fn results(
@@ -563,6 +734,134 @@ impl Store for SqliteStore {
         .await?;
         Ok(ids)
     }
+
+    fn health(&self) -> StoreHealth {
+        self.health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        // A tiny write may fit in free pages while real ones still fail: first make sure there is
+        // room for PROBE_HEADROOM bytes on the file system...
+        let probe_file = self.path.with_file_name(PROBE_FILE_NAME);
+        let written = tokio::task::spawn_blocking(move || {
+            let written = write_probe_file(&probe_file);
+            let _ = std::fs::remove_file(&probe_file);
+            written
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+        if let Err(e) = written {
+            return Err(self.note_failure(StoreError::Io(e)));
+        }
+        // ...and inside the database's own page limit, then that a write commits.
+        let mut tx = self.begin_write().await?;
+        let result: Result<(), StoreError> = async {
+            let conn: &mut SqliteConnection = &mut tx.conn;
+            let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&mut *conn).await?;
+            let max_pages: i64 = sqlx::query_scalar("PRAGMA max_page_count")
+                .fetch_one(&mut *conn)
+                .await?;
+            let page_size: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(&mut *conn).await?;
+            let headroom = i64::try_from(PROBE_HEADROOM).unwrap_or(i64::MAX) / page_size.max(1);
+            if pages.saturating_add(headroom) > max_pages {
+                return Err(StoreError::Io(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "the database is at its page limit",
+                )));
+            }
+            sqlx::query(
+                "INSERT INTO write_probe (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+            )
+            .bind(now_ms())
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+        .await;
+        self.finish(tx, result).await
+    }
+}
+
+/// Writes [`PROBE_HEADROOM`] bytes to `path` and syncs them: fails when the file system is full.
+fn write_probe_file(path: &Path) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path)?;
+    let block = vec![0u8; 64 << 10];
+    for _ in 0..PROBE_HEADROOM / block.len() {
+        file.write_all(&block)?;
+    }
+    file.sync_all()
+}
+
+/// Checks a new job before its transaction: a model name, a representable timeout, tags once each.
+fn prepare_job(new: NewJob) -> Result<PreparedJob, StoreError> {
+    if new.model.trim().is_empty() {
+        return Err(StoreError::Invalid("a job needs a model name".into()));
+    }
+    let timeout_ms = new.timeout_ms.map(to_i64).transpose()?;
+    let mut seen = HashSet::new();
+    let tags: Vec<String> = new
+        .tags
+        .iter()
+        .filter(|tag| seen.insert((*tag).clone()))
+        .cloned()
+        .collect();
+    let tags_json = serde_json::to_string(&tags).map_err(|e| StoreError::Invalid(format!("tags: {e}")))?;
+    Ok(PreparedJob {
+        new,
+        tags,
+        tags_json,
+        timeout_ms,
+    })
+}
+
+/// Inserts a job row (status `SUBMITTED`, no input) and its tags; returns its key and id.
+async fn insert_job(conn: &mut SqliteConnection, job: &PreparedJob) -> Result<(i64, String), StoreError> {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let new = &job.new;
+    let pk: i64 = sqlx::query_scalar(
+        "INSERT INTO jobs (id, model, version, status, open, priority, tags, timeout_ms, source, \
+             created_at) VALUES (?1, ?2, ?3, 'SUBMITTED', ?4, ?5, ?6, ?7, ?8, ?9) RETURNING pk",
+    )
+    .bind(&id)
+    .bind(&new.model)
+    .bind(&new.version)
+    .bind(new.open)
+    .bind(new.priority)
+    .bind(&job.tags_json)
+    .bind(job.timeout_ms)
+    .bind(&new.source)
+    .bind(now_ms())
+    .fetch_one(&mut *conn)
+    .await?;
+    for tag in &job.tags {
+        sqlx::query("INSERT INTO job_tags (job_pk, tag) VALUES (?1, ?2)")
+            .bind(pk)
+            .bind(tag)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok((pk, id))
+}
+
+/// Inputs in their stored form, refusing a key given twice (named precisely, before any write).
+fn prepare_rows(inputs: Vec<(String, InputValue)>) -> Result<Rows, StoreError> {
+    let mut keys = HashSet::with_capacity(inputs.len());
+    for (key, _) in &inputs {
+        if !keys.insert(key.as_str()) {
+            return Err(StoreError::DuplicateKey(key.clone()));
+        }
+    }
+    drop(keys);
+    let mut rows = Vec::with_capacity(inputs.len());
+    for (key, value) in inputs {
+        let (kind, blob) = value.to_blob()?;
+        rows.push((key, kind, blob));
+    }
+    Ok(rows)
 }
 
 /// Makes a closed, active job with no pending item `COMPLETED` (or `FAILED` when it had inputs and

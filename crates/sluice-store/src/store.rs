@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 
-use crate::{Completion, InputValue, ItemResult, ItemRow, Job, JobFilter, NewJob, StoreError};
+use crate::{Completion, InputValue, ItemResult, ItemRow, Job, JobFilter, NewJob, StoreError, StoreHealth};
 
 /// Durable store of bulk jobs, their inputs and their results.
 ///
@@ -17,13 +17,39 @@ pub trait Store: Send + Sync {
     /// [`close_job`](Store::close_job).
     async fn create_job(&self, job: NewJob) -> Result<Job, StoreError>;
 
+    /// Creates a job with all its inputs and closes it, in one transaction: the job appears whole
+    /// (every input in, closed, `total` = their number) or, if anything fails or the process dies
+    /// half-way, not at all. What an inline submission uses.
+    ///
+    /// Errors: those of [`add_inputs_within`](Store::add_inputs_within), plus
+    /// [`StoreError::Invalid`] when `inputs` is empty.
+    async fn create_job_with_inputs(
+        &self,
+        job: NewJob,
+        inputs: Vec<(String, InputValue)>,
+        max_inputs: u64,
+    ) -> Result<Job, StoreError>;
+
     /// Appends inputs to a job, atomically: either all of them are added (and `total` grows by their
     /// number) or none is. Each gets the next `seq` in order.
     ///
     /// Errors: [`StoreError::DuplicateKey`] if a key is already in the job or occurs twice in
     /// `inputs`; [`StoreError::Conflict`] if the job is closed or terminal. Large jobs are added by
     /// calling this repeatedly with chunks (e.g. 1,000 inputs each).
-    async fn add_inputs(&self, job_id: &str, inputs: Vec<(String, InputValue)>) -> Result<u64, StoreError>;
+    async fn add_inputs(&self, job_id: &str, inputs: Vec<(String, InputValue)>) -> Result<u64, StoreError> {
+        self.add_inputs_within(job_id, inputs, u64::MAX).await
+    }
+
+    /// [`add_inputs`](Store::add_inputs) with a bound on the job's size: when the job would then
+    /// hold more than `max_inputs` inputs, nothing is added and the call fails with
+    /// [`StoreError::TooManyInputs`]. The check and the insert are one transaction, so concurrent
+    /// calls cannot together take a job past the bound.
+    async fn add_inputs_within(
+        &self,
+        job_id: &str,
+        inputs: Vec<(String, InputValue)>,
+        max_inputs: u64,
+    ) -> Result<u64, StoreError>;
 
     /// Closes a job: no more inputs. If it has no pending item left it finishes at once: `COMPLETED`
     /// (also when it has no input at all, with `total` 0) or `FAILED` if no item succeeded.
@@ -87,4 +113,11 @@ pub trait Store: Send + Sync {
 
     /// Ids of the active jobs whose deadline (`created_at + timeout_ms`) is before `now_ms` (unix ms).
     async fn expired_jobs(&self, now_ms: i64) -> Result<Vec<String>, StoreError>;
+
+    /// Whether the store can write, as its last writes saw it (see [`StoreHealth`]).
+    fn health(&self) -> StoreHealth;
+
+    /// Makes one tiny write, to learn whether the store can write again after a failure; its
+    /// outcome updates [`health`](Store::health) like any other write.
+    async fn probe_write(&self) -> Result<(), StoreError>;
 }

@@ -400,3 +400,39 @@ impl Completion {
         }
     }
 }
+
+/// Whether the store can write, as its last writes saw it: what `/readyz` reports.
+///
+/// A store starts writable. A write that fails in the database (disk full, I/O error, read-only
+/// file, ...) marks it not writable, with the class of the failure and its time; the next write
+/// that commits (a request, a recorded result, or [`Store::probe_write`](crate::Store::probe_write))
+/// marks it writable again. Failures that are the caller's (an unknown job, a duplicate key, ...)
+/// change nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreHealth {
+    /// `false` while the last write failed in the database.
+    pub writable: bool,
+    /// The last failed write, if any since the store was opened.
+    pub last_write_error: Option<WriteFailure>,
+    /// Unix ms of the last write that committed, if any since the store was opened.
+    pub last_write_ok_at: Option<i64>,
+}
+
+impl Default for StoreHealth {
+    fn default() -> Self {
+        StoreHealth {
+            writable: true,
+            last_write_error: None,
+            last_write_ok_at: None,
+        }
+    }
+}
+
+/// A write that failed in the database: its class, never the database's own message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteFailure {
+    /// `disk_full`, `io_error`, `read_only`, `busy`, `corrupt`, `cannot_open` or `database`.
+    pub class: String,
+    /// Unix ms.
+    pub at: i64,
+}

@@ -781,3 +781,163 @@ async fn a_100k_item_job_in_chunks_and_batches() -> TestResult {
     );
     Ok(())
 }
+
+/// Inputs large enough that a few of them need new database pages.
+fn big_texts(range: std::ops::Range<usize>) -> Vec<(String, InputValue)> {
+    range
+        .map(|i| (format!("big{i}"), InputValue::Text(format!("{i:08}").repeat(2_000))))
+        .collect()
+}
+
+fn is_disk_full(result: &Result<u64, StoreError>) -> bool {
+    match result {
+        Err(e) => e.failure_class() == Some("disk_full"),
+        Ok(_) => false,
+    }
+}
+
+/// Issue 10, finding 2: after SQLite reported a full disk, every later write failed with "attempted
+/// to call begin_with at non-zero transaction depth" and nothing recovered until a restart. Now a
+/// failed write rolls back cleanly (the job is as before it), the store says it cannot write, later
+/// writes fail with the same disk-full class (not a stuck transaction), and once space is back the
+/// next write succeeds and the store is writable again.
+#[tokio::test]
+async fn full_disk_fails_writes_cleanly_and_recovers() -> TestResult {
+    let dir = TempDir::new()?;
+    let sqlite = SqliteStore::open(dir.path()).await?;
+    let store: Arc<dyn Store> = Arc::new(sqlite.clone());
+    let created = store.create_job(new_job("m")).await?;
+    store.add_inputs(&created.id, texts(0..10)).await?;
+    assert!(store.health().writable);
+
+    // No more pages than the database has now: the next write that needs space fails.
+    sqlite.set_max_page_count(Some(1)).await?;
+    for attempt in 0..3 {
+        let failed = store
+            .add_inputs(&created.id, big_texts(attempt * 100..attempt * 100 + 100))
+            .await;
+        assert!(is_disk_full(&failed), "attempt {attempt}: {failed:?}");
+        let message = failed.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(!message.contains("transaction depth"), "{message}");
+        let health = store.health();
+        assert!(!health.writable, "{health:?}");
+        assert_eq!(
+            health.last_write_error.as_ref().map(|f| f.class.as_str()),
+            Some("disk_full")
+        );
+        // All or nothing: the job still holds its first ten inputs.
+        assert_eq!(job(&store, &created.id).await?.total, 10);
+    }
+    let failed_at = store.health().last_write_error.map(|f| f.at);
+
+    // Space is back: the very next write works, on a connection that is not stuck in a transaction.
+    sqlite.set_max_page_count(None).await?;
+    assert_eq!(store.add_inputs(&created.id, big_texts(0..100)).await?, 100);
+    let health = store.health();
+    assert!(health.writable, "{health:?}");
+    assert!(health.last_write_ok_at >= failed_at);
+    store.close_job(&created.id).await?;
+    let completions: Vec<Completion> = (0..110).map(|seq| done(&created, seq)).collect();
+    assert_eq!(store.record(completions).await?, 110);
+    let finished = job(&store, &created.id).await?;
+    assert_eq!((finished.status, finished.completed), (JobStatus::Completed, 110));
+    let check: String = {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", sqlite.path().display())).await?;
+        sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&pool).await?
+    };
+    assert_eq!(check, "ok");
+    Ok(())
+}
+
+/// The probe write tells when a store that failed can write again.
+#[tokio::test]
+async fn probe_write_follows_the_disk() -> TestResult {
+    let dir = TempDir::new()?;
+    let sqlite = SqliteStore::open(dir.path()).await?;
+    let store: Arc<dyn Store> = Arc::new(sqlite.clone());
+    store.probe_write().await?;
+    let created = store.create_job(new_job("m")).await?;
+    sqlite.set_max_page_count(Some(1)).await?;
+    assert!(is_disk_full(&store.add_inputs(&created.id, big_texts(0..100)).await));
+    assert!(!store.health().writable);
+    // A tiny write would fit in the free space of existing pages: the probe asks for headroom.
+    let probe = store.probe_write().await;
+    assert_eq!(probe.err().and_then(|e| e.failure_class()), Some("disk_full"));
+    assert!(!store.health().writable);
+    sqlite.set_max_page_count(None).await?;
+    store.probe_write().await?;
+    assert!(store.health().writable);
+    Ok(())
+}
+
+/// Issue 10, finding 8: a job created with its inputs appears whole or not at all.
+#[tokio::test]
+async fn create_with_inputs_is_all_or_nothing() -> TestResult {
+    let dir = TempDir::new()?;
+    let sqlite = SqliteStore::open(dir.path()).await?;
+    let store: Arc<dyn Store> = Arc::new(sqlite.clone());
+    let listed = |store: Arc<dyn Store>| async move {
+        Ok::<_, StoreError>(store.list_jobs(JobFilter::default()).await?.0.len())
+    };
+
+    let mut dup = texts(0..5);
+    dup.push(("k2".into(), InputValue::Text("again".into())));
+    assert!(matches!(
+        store.create_job_with_inputs(new_job("m"), dup, 100).await,
+        Err(StoreError::DuplicateKey(k)) if k == "k2"
+    ));
+    assert!(matches!(
+        store.create_job_with_inputs(new_job("m"), texts(0..11), 10).await,
+        Err(StoreError::TooManyInputs { limit: 10 })
+    ));
+    sqlite.set_max_page_count(Some(1)).await?;
+    let full = store
+        .create_job_with_inputs(new_job("m"), big_texts(0..200), 1_000)
+        .await;
+    assert_eq!(full.err().and_then(|e| e.failure_class()), Some("disk_full"));
+    sqlite.set_max_page_count(None).await?;
+    assert_eq!(listed(store.clone()).await?, 0, "a failed create left a job behind");
+
+    let created = store.create_job_with_inputs(new_job("m"), texts(0..50), 50).await?;
+    assert_eq!(
+        (created.total, created.closed, created.status),
+        (50, true, JobStatus::Submitted)
+    );
+    assert_eq!(listed(store.clone()).await?, 1);
+    let completions: Vec<Completion> = (0..50).map(|seq| done(&created, seq)).collect();
+    store.record(completions).await?;
+    assert_eq!(job(&store, &created.id).await?.status, JobStatus::Completed);
+    Ok(())
+}
+
+/// Issue 10, finding 11: concurrent uploads cannot together take a job past its bound.
+#[tokio::test]
+async fn add_inputs_within_holds_under_concurrency() -> TestResult {
+    let dir = TempDir::new()?;
+    let store = open(dir.path()).await?;
+    let created = store
+        .create_job(NewJob {
+            open: true,
+            ..new_job("m")
+        })
+        .await?;
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let store = store.clone();
+        let id = created.id.clone();
+        tasks.push(tokio::spawn(async move {
+            store.add_inputs_within(&id, texts(t * 10..t * 10 + 10), 35).await
+        }));
+    }
+    let (mut added, mut refused) = (0, 0);
+    for task in tasks {
+        match task.await? {
+            Ok(n) => added += n,
+            Err(StoreError::TooManyInputs { limit: 35 }) => refused += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    assert_eq!((added, refused), (30, 5));
+    assert_eq!(job(&store, &created.id).await?.total, 30);
+    Ok(())
+}

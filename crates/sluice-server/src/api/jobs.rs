@@ -1,7 +1,9 @@
 //! The jobs API: create (inline, from a server-side source, or open for
 //! uploads), add inputs, close, follow, read results, cancel.
 
+use std::collections::HashSet;
 use std::convert::Infallible;
+use std::fmt;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -9,7 +11,8 @@ use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::de::{Error as _, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use sluice_store::{InputValue, ItemResult, Job, JobFilter, JobStatus, NewJob};
 use utoipa::{IntoParams, ToSchema};
 
@@ -46,7 +49,7 @@ pub struct CreateJob {
     /// image), `{"text": ..}`, or `{"tensor": ..}` / any array or object (tensor).
     #[serde(default)]
     #[schema(schema_with = inline_inputs_schema)]
-    pub inputs: Option<serde_json::Map<String, serde_json::Value>>,
+    pub inputs: Option<InlineInputs>,
     /// A JSONL / CSV / text file or a folder on the server, under an allowed root.
     #[serde(default)]
     pub source: Option<String>,
@@ -77,6 +80,41 @@ fn inline_inputs_schema() -> utoipa::openapi::schema::Object {
              `{\"text\": ..}`, or `{\"tensor\": ..}` / any array or object (tensor).",
         ))
         .build()
+}
+
+/// The `inputs` object of an inline job, in the order given. A JSON object
+/// parsed into a map keeps only the last of two equal keys; this keeps every
+/// entry as it is read and refuses a key given twice, naming it, while the
+/// body is parsed (no second pass over it).
+#[derive(Debug, Default)]
+pub struct InlineInputs(pub Vec<(String, serde_json::Value)>);
+
+impl<'de> Deserialize<'de> for InlineInputs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> Visitor<'de> for Entries {
+            type Value = InlineInputs;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of inputs by key")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<InlineInputs, A::Error> {
+                let mut seen = HashSet::new();
+                let mut entries = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if seen.contains(&key) {
+                        return Err(A::Error::custom(format!("duplicate input key '{key}'")));
+                    }
+                    let value = map.next_value::<serde_json::Value>()?;
+                    seen.insert(key.clone());
+                    entries.push((key, value));
+                }
+                Ok(InlineInputs(entries))
+            }
+        }
+        deserializer.deserialize_map(Entries)
+    }
 }
 
 /// Item counts of a job.
@@ -235,7 +273,8 @@ fn check_inputs(state: &AppState, items: &[(String, InputValue)], existing: u64)
             ("Results" = (operation_id = "job_results", parameters(("id" = "$response.body#/id")))),
             ("CancelJob" = (operation_id = "cancel_job", parameters(("id" = "$response.body#/id"))))
         )), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody, description = "The store cannot be used now; retry after `Retry-After` seconds")))]
+              (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 503, description = "The job store cannot write now (see /readyz); retry after `Retry-After` seconds", body = ErrorBody)))]
 pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<CreateJob>) -> Result<Response, ApiError> {
     check_model(&state, &req.model, req.version.as_deref())?;
     let modes = usize::from(req.inputs.is_some()) + usize::from(req.source.is_some()) + usize::from(req.open);
@@ -251,12 +290,12 @@ pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<CreateJ
         return Err(ApiError::BadRequest("timeout_ms must be positive".into()));
     }
     let inline = match req.inputs {
-        Some(map) => {
-            if map.is_empty() {
+        Some(InlineInputs(entries)) => {
+            if entries.is_empty() {
                 return Err(ApiError::BadRequest("'inputs' is empty".into()));
             }
-            let mut items = Vec::with_capacity(map.len());
-            for (k, v) in map {
+            let mut items = Vec::with_capacity(entries.len());
+            for (k, v) in entries {
                 let value =
                     ingest::value_from_json(v).map_err(|e| ApiError::BadRequest(format!("input '{k}': {e}")))?;
                 items.push((k, value));
@@ -270,27 +309,28 @@ pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<CreateJ
         Some(s) => Some(ingest::resolve_source(s, &state.source_roots)?),
         None => None,
     };
-    let job = state
-        .store
-        .create_job(NewJob {
-            model: req.model.clone(),
-            version: req.version,
-            priority: req.priority,
-            tags: req.tags,
-            timeout_ms: req.timeout_ms,
-            open: req.open,
-            source: req.source,
-        })
-        .await?;
+    let new = NewJob {
+        model: req.model.clone(),
+        version: req.version,
+        priority: req.priority,
+        tags: req.tags,
+        timeout_ms: req.timeout_ms,
+        open: req.open,
+        source: req.source,
+    };
     let job = if let Some(items) = inline {
-        state.store.add_inputs(&job.id, items).await?;
-        let job = state.store.close_job(&job.id).await?;
+        // One transaction: the job appears with all its inputs, closed, or not at all.
+        let job = state
+            .store
+            .create_job_with_inputs(new, items, state.limits.max_inputs_per_job)
+            .await?;
         state.scheduler.notify(&job.model);
         job
-    } else if let Some(path) = source {
-        spawn_source_ingest(state.clone(), job.id.clone(), job.model.clone(), path);
-        job
     } else {
+        let job = state.store.create_job(new).await?;
+        if let Some(path) = source {
+            spawn_source_ingest(state.clone(), job.id.clone(), job.model.clone(), path);
+        }
         job
     };
     let location = format!("/v1/jobs/{}", job.id);
@@ -310,13 +350,14 @@ fn spawn_source_ingest(state: AppState, job_id: String, model: String, path: std
     tokio::task::spawn_blocking(move || {
         let store = state.store.clone();
         let max_input = state.limits.max_input_bytes;
+        let max_inputs = state.limits.max_inputs_per_job;
         let roots = state.source_roots.clone();
         let result = ingest::read_source(&path, &roots, 1000, max_input, |chunk| {
             if state.shutdown.is_set() {
                 return Err(SHUTTING_DOWN.to_string());
             }
             handle
-                .block_on(store.add_inputs(&job_id, chunk))
+                .block_on(store.add_inputs_within(&job_id, chunk, max_inputs))
                 .map_err(|e| e.to_string())?;
             state.scheduler.notify(&model);
             Ok(())
@@ -366,7 +407,9 @@ pub struct Added {
 #[utoipa::path(post, path = "/v1/jobs/{id}/inputs", operation_id = "add_job_inputs", params(("id" = String, Path, description = "Job id")),
     request_body(content = String, content_type = "application/x-ndjson"),
     responses((status = 200, body = Added), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody, description = "The store cannot be used now; retry after `Retry-After` seconds")))]
+              (status = 409, body = ErrorBody),
+              (status = 413, description = "The body, an input, or the job's number of inputs is over its limit", body = ErrorBody),
+              (status = 503, description = "The job store cannot write now (see /readyz); retry after `Retry-After` seconds", body = ErrorBody)))]
 pub async fn add_inputs(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -420,17 +463,24 @@ pub async fn add_inputs(
         return Err(ApiError::BadRequest("no inputs in the request".into()));
     }
     check_inputs(&state, &items, job.total)?;
-    let added = state.store.add_inputs(&id, items).await?;
+    // The store checks the bound again in the insert's transaction: concurrent
+    // uploads cannot together take the job past it.
+    let added = state
+        .store
+        .add_inputs_within(&id, items, state.limits.max_inputs_per_job)
+        .await?;
     state.scheduler.notify(&job.model);
-    Ok(Json(Added {
-        added,
-        total: job.total + added,
-    }))
+    let total = match state.store.get_job(&id).await {
+        Ok(Some(now)) => now.total,
+        _ => job.total + added,
+    };
+    Ok(Json(Added { added, total }))
 }
 
 /// Close an open job: no more inputs; it completes when all have run.
 #[utoipa::path(post, path = "/v1/jobs/{id}/close", operation_id = "close_job", params(("id" = String, Path, description = "Job id")),
-    responses((status = 200, body = JobView), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody, description = "The store cannot be used now; retry after `Retry-After` seconds")))]
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody),
+              (status = 503, description = "The job store cannot take the request now", body = ErrorBody)))]
 pub async fn close(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
     let job = state.store.close_job(&id).await?;
     state.scheduler.notify(&job.model);
@@ -439,7 +489,8 @@ pub async fn close(State(state): State<AppState>, Path(id): Path<String>) -> Res
 
 /// A job's status, counts, timings, rate and ETA.
 #[utoipa::path(get, path = "/v1/jobs/{id}", operation_id = "get_job", params(("id" = String, Path, description = "Job id")),
-    responses((status = 200, body = JobView), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody, description = "The store cannot be used now; retry after `Retry-After` seconds")))]
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody),
+              (status = 503, description = "The job store cannot take the request now", body = ErrorBody)))]
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
     let job = state
         .store
@@ -451,7 +502,8 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Resul
 
 /// Cancel a job: items not yet run are dropped; a running batch finishes.
 #[utoipa::path(delete, path = "/v1/jobs/{id}", operation_id = "cancel_job", params(("id" = String, Path, description = "Job id")),
-    responses((status = 200, body = JobView), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody, description = "The store cannot be used now; retry after `Retry-After` seconds")))]
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody),
+              (status = 503, description = "The job store cannot take the request now", body = ErrorBody)))]
 pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
     let job = state.store.cancel_job(&id).await?;
     state.scheduler.cancel(&job);
@@ -487,7 +539,8 @@ pub struct JobList {
 
 /// List jobs, newest first, filtered and paged.
 #[utoipa::path(get, path = "/v1/jobs", operation_id = "list_jobs", params(ListQuery),
-    responses((status = 200, body = JobList), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody, description = "The store cannot be used now; retry after `Retry-After` seconds")))]
+    responses((status = 200, body = JobList), (status = 400, body = ErrorBody),
+              (status = 503, description = "The job store cannot take the request now", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -578,7 +631,8 @@ pub struct ResultsQuery {
 /// Results as NDJSON, in completion order, resumable with `cursor`; readable
 /// while the job runs (`wait=true` follows it to the end).
 #[utoipa::path(get, path = "/v1/jobs/{id}/results", operation_id = "job_results", params(("id" = String, Path, description = "Job id"), ResultsQuery),
-    responses((status = 200, body = ResultLine, content_type = "application/x-ndjson"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody, description = "The store cannot be used now; retry after `Retry-After` seconds")))]
+    responses((status = 200, body = ResultLine, content_type = "application/x-ndjson"), (status = 404, body = ErrorBody),
+              (status = 503, description = "The job store cannot take the request now", body = ErrorBody)))]
 pub async fn results(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -655,7 +709,8 @@ pub async fn results(
 /// One input's result (state `pending` while it waits).
 #[utoipa::path(get, path = "/v1/jobs/{id}/results/{key}", operation_id = "job_result",
     params(("id" = String, Path, description = "Job id"), ("key" = String, Path, description = "Input key")),
-    responses((status = 200, body = ResultLine), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody, description = "The store cannot be used now; retry after `Retry-After` seconds")))]
+    responses((status = 200, body = ResultLine), (status = 404, body = ErrorBody),
+              (status = 503, description = "The job store cannot take the request now", body = ErrorBody)))]
 pub async fn result(
     State(state): State<AppState>,
     Path((id, key)): Path<(String, String)>,

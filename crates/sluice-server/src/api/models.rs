@@ -152,6 +152,28 @@ pub struct Health {
     pub ready_models: Vec<String>,
     /// Models that failed to load.
     pub failed_models: Vec<String>,
+    /// The job store: whether it reads and writes.
+    pub store: StoreStatus,
+}
+
+/// The job store as `/healthz` and `/readyz` report it. Only the class of a
+/// failure is shown; its detail is in the server's log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StoreStatus {
+    /// `false` while the store's last write failed (a full disk, an I/O error):
+    /// `/readyz` then answers 503. It turns `true` again with the next write
+    /// that commits; the server probes every few seconds while it is `false`.
+    pub writable: bool,
+    /// `false` when the store could not answer a read just now (`/readyz` only).
+    pub readable: bool,
+    /// Class of the last failed write since the start: `disk_full`,
+    /// `io_error`, `read_only`, `busy`, `corrupt`, `cannot_open`, `pool_timeout`
+    /// or `database`.
+    pub last_write_error: Option<String>,
+    /// When it failed, unix ms.
+    pub last_write_error_at: Option<i64>,
+    /// When a write last committed, unix ms.
+    pub last_write_ok_at: Option<i64>,
 }
 
 fn health(state: &AppState) -> Health {
@@ -163,10 +185,18 @@ fn health(state: &AppState) -> Health {
             Entry::Failed { .. } => failed.push(n.clone()),
         }
     }
+    let store = state.store.health();
     Health {
         status: if ready.is_empty() { "unavailable" } else { "ok" },
         ready_models: ready,
         failed_models: failed,
+        store: StoreStatus {
+            writable: store.writable,
+            readable: true,
+            last_write_error_at: store.last_write_error.as_ref().map(|f| f.at),
+            last_write_error: store.last_write_error.map(|f| f.class),
+            last_write_ok_at: store.last_write_ok_at,
+        },
     }
 }
 
@@ -178,10 +208,17 @@ pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
     Json(h)
 }
 
-/// Ready to serve: at least one model loaded and the store answering.
-#[utoipa::path(get, path = "/readyz", operation_id = "readyz", responses((status = 200, body = Health), (status = 503, body = Health)))]
+/// Ready to serve: at least one model loaded and the job store reading and
+/// writing. 503 when no model is ready, when a read fails, or while the
+/// store's last write failed (`store.writable` is `false`, with the class and
+/// time of the failure); 200 again once a write commits.
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", responses((status = 200, body = Health),
+    (status = 503, description = "Not ready: no model loaded, or the job store cannot read or write", body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let mut h = health(&state);
+    if !h.store.writable {
+        h.status = "unavailable";
+    }
     if state
         .store
         .list_jobs(sluice_store::JobFilter {
@@ -192,6 +229,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>)
         .is_err()
     {
         h.status = "unavailable";
+        h.store.readable = false;
     }
     let code = if h.status == "ok" {
         StatusCode::OK

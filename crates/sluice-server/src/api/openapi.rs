@@ -55,6 +55,7 @@ use crate::v2::{http, schema};
         infer::InferAnswer,
         infer::ItemAnswer,
         models::Health,
+        models::StoreStatus,
         dashboard::Summary,
         dashboard::ModelStats,
         schema::V2ErrorBody,

@@ -146,13 +146,20 @@ pub struct Server {
     pub base: String,
     /// A client for it.
     pub http: reqwest::Client,
+    /// The server's store, for the fault-injection hooks (`set_max_page_count`).
+    pub sqlite: SqliteStore,
     task: tokio::task::JoinHandle<()>,
     registry: Arc<Registry>,
+    shutdown: sluice_server::ShutdownSignal,
     _data: tempfile::TempDir,
 }
 
+/// How often a test server probes a store whose last write failed.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
 impl Drop for Server {
     fn drop(&mut self) {
+        self.shutdown.trigger();
         self.task.abort();
         // Take no more items; the instance threads end once their queues drain.
         for m in self.registry.ready() {
@@ -170,8 +177,10 @@ impl Server {
     /// Serves `models` with `cfg`.
     pub async fn with(models: Vec<Model>, cfg: Config) -> Server {
         let data = tempfile::tempdir().expect("data dir");
-        let store = SqliteStore::open(data.path()).await.expect("open the store");
-        let store: Arc<dyn Store> = Arc::new(store);
+        let sqlite = SqliteStore::open(data.path()).await.expect("open the store");
+        let store: Arc<dyn Store> = Arc::new(sqlite.clone());
+        let shutdown = sluice_server::ShutdownSignal::default();
+        sluice_server::spawn_store_probe(store.clone(), PROBE_INTERVAL, shutdown.clone());
         let registry = Arc::new(Registry::from_models(models));
         let scheduler: Arc<Scheduler> = Scheduler::start(store.clone(), &registry, SchedulerConfig::default());
         let roots = cfg
@@ -185,7 +194,7 @@ impl Server {
             scheduler,
             source_roots: Arc::new(roots),
             limits: cfg.limits,
-            shutdown: sluice_server::ShutdownSignal::default(),
+            shutdown: shutdown.clone(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local address");
@@ -195,8 +204,10 @@ impl Server {
         Server {
             base: format!("http://{addr}"),
             http: reqwest::Client::new(),
+            sqlite,
             task,
             registry,
+            shutdown,
             _data: data,
         }
     }
