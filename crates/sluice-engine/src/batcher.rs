@@ -217,6 +217,7 @@ pub(crate) async fn run(
                 stats.set_window(shown);
                 let tokens: usize = items.iter().map(|q| q.prepared.len).sum();
                 stats.record_batch(items.len(), tokens, plan.bulk.padding, plan.bulk.fifo_padding);
+                stats.record_realtime_batched(plan.realtime.len());
                 if tx.send(Batch { items, permit: slot }).await.is_err() {
                     tracing::error!("all model instances are gone; the batcher stops");
                     break;

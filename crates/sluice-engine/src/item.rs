@@ -175,8 +175,14 @@ impl Drop for DoneGuard {
     }
 }
 
+/// Completes an item that did not run; a canceled one is counted as
+/// canceled, not failed.
 pub(crate) fn fail_item(id: ItemId, reply: Reply, submitted: Instant, error: ItemError, stats: &Stats) {
-    stats.record_item(false);
+    if error.kind == ItemErrorKind::Canceled {
+        stats.record_canceled();
+    } else {
+        stats.record_item(false);
+    }
     reply.send(Completion {
         id,
         result: Err(error),

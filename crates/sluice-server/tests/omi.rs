@@ -137,4 +137,23 @@ async fn jobs_and_realtime_requests_reach_omi_workers() {
     assert_eq!(status, StatusCode::OK, "{resp}");
     assert_eq!(resp["results"][0]["output"]["files"]["output"], "XYZ", "{resp}");
     assert_eq!(resp["results"][1]["error"]["code"], "inference", "{resp}");
+
+    // Issue 10, finding 11: an input the worker refuses as invalid is the client's fault: 400.
+    let (status, resp) = server
+        .post("/v1/models/echo/infer", &json!({"inputs": ["INVALID"]}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
+    assert!(
+        resp["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("INVALID marker")),
+        "{resp}"
+    );
+    let body = json!({"inputs": [{"name": "input", "shape": [1], "datatype": "BYTES", "data": ["INVALID"]}]});
+    let (status, resp) = server.post("/v2/models/echo/infer", &body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
+    assert!(
+        resp["error"].as_str().is_some_and(|m| m.contains("INVALID marker")),
+        "{resp}"
+    );
 }
