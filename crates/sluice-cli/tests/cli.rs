@@ -409,3 +409,40 @@ fn bench_of_noop_model_prints_throughput_table_and_best_batch_size() {
         );
     }
 }
+
+/// Issue 10, finding 12: `sluice run --model models/mlp-omi` (a relative path, from the repository
+/// root as the README says) failed with "cannot start models/mlp-omi/../../.sluice/venv/bin/python":
+/// the worker's program path was resolved again from inside the model folder. The run must start
+/// the worker; the plain-text line is not 512 float32 values, so the worker itself rejects that
+/// item as an invalid input (issue 10, finding 11: an OMI invalid input is `invalid_input`).
+#[test]
+fn run_mlp_omi_from_a_relative_model_path() {
+    let root = repo_root();
+    if !root.join(".sluice/venv/bin/python").exists() {
+        eprintln!("SKIPPED: the venv is missing; {SETUP}");
+        return;
+    }
+    assert!(
+        root.join("models/mlp/model.onnx").is_file(),
+        "models/mlp/model.onnx is missing; {SETUP}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "not 2048 bytes of floats\n").expect("write input");
+    let output = dir.path().join("out.jsonl");
+    let o = sluice(&[
+        "run",
+        "--model",
+        "models/mlp-omi",
+        "--input",
+        path_str(&input),
+        "--output",
+        path_str(&output),
+        "-q",
+    ]);
+    assert_success(&o);
+    let results = read_results(&output);
+    assert_eq!(results.len(), 1, "{results:?}");
+    let (_, v) = results.iter().next().expect("one result");
+    assert_error(v, "invalid_input", "512 float32 values");
+}

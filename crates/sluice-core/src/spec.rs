@@ -416,6 +416,16 @@ pub struct OmiSpec {
     /// Use `max_batch_size` even when the worker's `Status` declares a smaller batch size.
     #[serde(default)]
     pub override_batch_size: bool,
+    /// Consecutive failed restarts (a worker that exits or gives no `Status`
+    /// while starting) after which the items waiting for it fail as
+    /// unavailable; until then they wait and are retried, with the backoff.
+    #[serde(default = "default_max_failed_restarts")]
+    pub max_failed_restarts: u32,
+    /// During a `Run`, the worker is probed with `Status` on a separate
+    /// connection; one that answers no probe for this long is hung: it is
+    /// killed and restarted and its batch retried, long before `run_timeout_s`.
+    #[serde(default = "default_hang_timeout")]
+    pub hang_timeout_s: f64,
 }
 
 fn default_start_timeout() -> f64 {
@@ -436,6 +446,12 @@ fn default_backoff_max_ms() -> u64 {
 fn default_shutdown_grace_ms() -> u64 {
     2_000
 }
+fn default_max_failed_restarts() -> u32 {
+    5
+}
+fn default_hang_timeout() -> f64 {
+    15.0
+}
 
 impl OmiSpec {
     fn validate(&self, instances: usize) -> Result<(), String> {
@@ -455,11 +471,15 @@ impl OmiSpec {
             ("status_timeout_s", self.status_timeout_s),
             ("health_interval_s", self.health_interval_s),
             ("run_timeout_s", self.run_timeout_s.unwrap_or(1.0)),
+            ("hang_timeout_s", self.hang_timeout_s),
         ];
         for (key, v) in positive {
             if !(v.is_finite() && v > 0.0) {
                 return Err(format!("[omi] {key} must be a positive number of seconds"));
             }
+        }
+        if !(1..=1000).contains(&self.max_failed_restarts) {
+            return Err("[omi] max_failed_restarts must be between 1 and 1000".into());
         }
         Ok(())
     }
@@ -663,6 +683,16 @@ max_length = 128
         let omi = spec.omi.expect("omi");
         assert_eq!(omi.command, ["python", "w.py"]);
         assert_eq!(omi.run_timeout_s, None);
+        assert_eq!((omi.max_failed_restarts, omi.hang_timeout_s), (5, 15.0));
+        for (bad, key) in [
+            ("max_failed_restarts = 0", "max_failed_restarts"),
+            ("max_failed_restarts = 5000", "max_failed_restarts"),
+            ("hang_timeout_s = 0", "hang_timeout_s"),
+            ("hang_timeout_s = -1.5", "hang_timeout_s"),
+        ] {
+            let err = ModelSpec::parse(&format!("{base}[omi]\ncommand = [\"w\"]\n{bad}\n")).expect_err(bad);
+            assert!(err.contains(key), "{bad}: {err}");
+        }
         let spec = ModelSpec::parse(&format!("{base}[omi]\nendpoints = [\"a:1\", \"b:2\"]\n")).expect("valid");
         assert_eq!(spec.instances, 2);
         let err = ModelSpec::parse(&format!("instances = 3\n{base}[omi]\nendpoints = [\"a:1\"]\n")).expect_err("count");

@@ -14,78 +14,10 @@ use std::time::Instant;
 
 use sluice_core::policy::{self, LaneDecision, Moment, Pending, PolicyConfig};
 use sluice_core::spec::ModelSpec;
-use sluice_core::ItemId;
-use sluice_processing::Prepared;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::model::Reply;
+use crate::item::{Batch, Queued};
 use crate::stats::Stats;
-
-/// An item waiting for its batch.
-pub(crate) struct Queued {
-    pub id: ItemId,
-    pub prepared: Prepared,
-    pub reply: Reply,
-    /// When the item was submitted (queue time is measured from here).
-    pub submitted: Instant,
-    /// When it entered the model queue (the batching delay counts from here).
-    pub enqueued: Instant,
-    /// Set when the item's run or job was canceled.
-    pub cancel: Option<crate::model::CancelFlag>,
-    /// Past this instant the item is not run (real-time requests).
-    pub deadline: Option<Instant>,
-    /// The item's place in the bounded real-time queue, freed when it is done.
-    pub _slot: Option<OwnedSemaphorePermit>,
-}
-
-/// Why a queued item is dropped instead of run.
-pub(crate) enum Skip {
-    Canceled,
-    Expired,
-    Abandoned,
-}
-
-impl Queued {
-    /// Whether the item should no longer run, and why.
-    pub(crate) fn skip_reason(&self, now: Instant) -> Option<Skip> {
-        if crate::model::is_canceled(self.cancel.as_ref()) {
-            return Some(Skip::Canceled);
-        }
-        if self.deadline.is_some_and(|d| d <= now) {
-            return Some(Skip::Expired);
-        }
-        if self.reply.is_abandoned() {
-            return Some(Skip::Abandoned);
-        }
-        None
-    }
-
-    /// Completes the item without running it.
-    pub(crate) fn skip(self, reason: Skip, stats: &Stats) {
-        let error = match reason {
-            Skip::Canceled => crate::model::canceled_error(),
-            Skip::Expired => {
-                stats.record_expired();
-                sluice_core::ItemError::new(
-                    sluice_core::ItemErrorKind::Timeout,
-                    "deadline exceeded before the item ran",
-                )
-            }
-            Skip::Abandoned => {
-                stats.record_abandoned();
-                sluice_core::ItemError::new(sluice_core::ItemErrorKind::Canceled, "the client went away")
-            }
-        };
-        drop(self._slot);
-        crate::model::fail_item(self.id, self.reply, self.submitted, error, stats);
-    }
-}
-
-/// A batch on its way to an instance; the permit frees the instance slot.
-pub(crate) struct Batch {
-    pub items: Vec<Queued>,
-    pub permit: OwnedSemaphorePermit,
-}
 
 pub(crate) struct Config {
     policy: PolicyConfig,
@@ -235,6 +167,9 @@ pub(crate) async fn run(
                 Ok(p) => p,
                 Err(_) => {
                     let room = lanes.bulk.len() < cfg.window;
+                    // While every instance is busy, wake at the first real-time
+                    // deadline to drop the expired items (and free their slots).
+                    let expiry = lanes.realtime.iter().filter_map(|q| q.deadline).min();
                     tokio::select! {
                         biased;
                         p = free.clone().acquire_owned() => match p {
@@ -242,6 +177,7 @@ pub(crate) async fn run(
                             Err(_) => break,
                         },
                         () = lanes.recv(&inbound, room) => continue,
+                        () = sleep_until(expiry) => continue,
                     }
                 }
             },
@@ -281,12 +217,21 @@ pub(crate) async fn run(
                 stats.set_window(shown);
                 let tokens: usize = items.iter().map(|q| q.prepared.len).sum();
                 stats.record_batch(items.len(), tokens, plan.bulk.padding, plan.bulk.fifo_padding);
+                stats.record_realtime_batched(plan.realtime.len());
                 if tx.send(Batch { items, permit: slot }).await.is_err() {
                     tracing::error!("all model instances are gone; the batcher stops");
                     break;
                 }
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no such instant.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
     }
 }
 

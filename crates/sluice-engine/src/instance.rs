@@ -7,8 +7,7 @@ use std::time::Instant;
 use sluice_core::{BatchError, ItemError, ItemErrorKind, NamedTensors, Runtime};
 use sluice_processing::Processor;
 
-use crate::batcher::Batch;
-use crate::model::{Completion, DoneGuard};
+use crate::item::{Batch, Completion, DoneGuard};
 use crate::stats::{QueueWaits, Stats};
 
 pub(crate) struct Context {

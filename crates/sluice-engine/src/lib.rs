@@ -18,13 +18,13 @@
 mod batcher;
 pub mod fault;
 mod instance;
+mod item;
 mod model;
 pub mod noop;
 mod stats;
 
-pub use model::{
-    load_backend, CancelFlag, Completion, EngineError, Model, QueueDepth, RealtimeOptions, Reply, SubmitOptions,
-};
+pub use item::{CancelFlag, Completion, Reply};
+pub use model::{load_backend, EngineError, Model, QueueDepth, RealtimeOptions, SubmitOptions};
 pub use stats::{LatencyHistogram, Stats, StatsSnapshot, LATENCY_BUCKETS};
 
 /// Re-exported so callers can pre-process items themselves (benchmarks).

@@ -1,16 +1,16 @@
 //! A served model: its pipeline of queues, threads and the batcher task.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_core::spec::{ModelSpec, RuntimeKind};
-use sluice_core::{Backend, Input, ItemError, ItemErrorKind, ItemId, ItemResult, ModelSignature};
+use sluice_core::{Backend, Input, ItemError, ItemErrorKind, ItemId, ModelSignature};
 use sluice_processing::{Prepared, Processor};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 
-use crate::batcher::{self, Queued};
+use crate::batcher;
 use crate::instance;
+use crate::item::{canceled_error, fail_item, is_canceled, CancelFlag, Completion, DoneGuard, Queued, Reply, Request};
 use crate::stats::{Stats, StatsSnapshot};
 
 /// Why a model could not be started or an item not accepted.
@@ -37,56 +37,6 @@ pub enum EngineError {
         /// The model's `realtime_queue_capacity`.
         capacity: usize,
     },
-}
-
-/// The outcome of one item, with where its time went.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Completion {
-    /// The id given at submission.
-    pub id: ItemId,
-    /// Output or error.
-    pub result: ItemResult,
-    /// Time from submission until its batch started.
-    pub queue_time: Duration,
-    /// Time of the runtime call of its batch (zero if it never ran).
-    pub run_time: Duration,
-    /// Items in its batch (zero if it never ran).
-    pub batch_size: usize,
-}
-
-/// Where an item's [`Completion`] goes.
-#[derive(Debug)]
-pub enum Reply {
-    /// A single waiter (a real-time request).
-    Once(oneshot::Sender<Completion>),
-    /// A stream shared by many items (a bulk run or job). Bounded: when the
-    /// reader falls behind, instance threads wait, and so do submitters.
-    Stream(mpsc::Sender<Completion>),
-}
-
-impl Reply {
-    /// Delivers a completion. Must be called from a plain thread (not an
-    /// async task): a full stream blocks the caller.
-    pub(crate) fn send(self, c: Completion) {
-        match self {
-            // A dropped receiver means nobody waits any more; nothing to do.
-            Reply::Once(tx) => {
-                let _ = tx.send(c);
-            }
-            Reply::Stream(tx) => {
-                let _ = tx.blocking_send(c);
-            }
-        }
-    }
-
-    /// Whether nobody waits for this reply any more (a real-time client
-    /// that disconnected): then the item need not run.
-    pub(crate) fn is_abandoned(&self) -> bool {
-        match self {
-            Reply::Once(tx) => tx.is_closed(),
-            Reply::Stream(_) => false,
-        }
-    }
 }
 
 /// Items waiting in each stage of a model's pipeline.
@@ -120,43 +70,6 @@ pub struct SubmitOptions {
 pub struct RealtimeOptions {
     /// Items not started by then are not run; they fail with a `timeout` error.
     pub deadline: Option<Instant>,
-}
-
-/// A shared cancellation flag, typically one per run or job.
-#[derive(Debug, Clone, Default)]
-pub struct CancelFlag(Arc<AtomicBool>);
-
-impl CancelFlag {
-    /// A flag that is not set.
-    pub fn new() -> CancelFlag {
-        CancelFlag::default()
-    }
-
-    /// Cancels every item carrying this flag that has not run yet.
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-
-    /// Whether [`CancelFlag::cancel`] was called.
-    pub fn is_canceled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-pub(crate) fn is_canceled(c: Option<&CancelFlag>) -> bool {
-    c.is_some_and(CancelFlag::is_canceled)
-}
-
-pub(crate) fn canceled_error() -> ItemError {
-    ItemError::new(ItemErrorKind::Canceled, "canceled before it ran")
-}
-
-pub(crate) struct Request {
-    pub id: ItemId,
-    pub input: Input,
-    pub reply: Reply,
-    pub submitted: Instant,
-    pub cancel: Option<CancelFlag>,
 }
 
 /// One served model. Cheap to clone; all clones share the pipeline.
@@ -477,17 +390,37 @@ impl Model {
         }
         drop(permits);
         let mut out = Vec::with_capacity(n);
+        let failed = |i: usize, kind: ItemErrorKind, message: &str| Completion {
+            id: i.to_string(),
+            result: Err(ItemError::new(kind, message)),
+            queue_time: submitted.elapsed(),
+            run_time: Duration::ZERO,
+            batch_size: 0,
+        };
+        // The deadline is kept here too, on the waiting side: whatever the
+        // batch holding an item does (a hung worker, a long run), the caller
+        // is answered at its deadline. The item itself is dropped unrun by the
+        // batcher or the instance when it comes to it, or its late answer is
+        // discarded.
+        let deadline = opts.deadline.map(tokio::time::Instant::from_std);
         for (i, rx) in waiting.into_iter().enumerate() {
-            out.push(rx.await.unwrap_or_else(|_| Completion {
-                id: i.to_string(),
-                result: Err(ItemError::new(
-                    ItemErrorKind::Unavailable,
-                    "the model stopped before answering",
-                )),
-                queue_time: submitted.elapsed(),
-                run_time: Duration::ZERO,
-                batch_size: 0,
-            }));
+            let answer = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, rx).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        out.push(failed(
+                            i,
+                            ItemErrorKind::Timeout,
+                            "deadline exceeded before the item was answered",
+                        ));
+                        continue;
+                    }
+                },
+                None => rx.await,
+            };
+            out.push(
+                answer.unwrap_or_else(|_| failed(i, ItemErrorKind::Unavailable, "the model stopped before answering")),
+            );
         }
         Ok(out)
     }
@@ -534,15 +467,6 @@ pub fn load_backend(spec: &ModelSpec) -> Result<Arc<dyn Backend>, EngineError> {
         RuntimeKind::Noop => Arc::new(crate::noop::NoopBackend::new()),
         RuntimeKind::Omi => Arc::new(sluice_omi::OmiBackend::load(spec).map_err(|e| load_err(e.to_string()))?),
     })
-}
-
-/// Signals completion when the last instance thread ends.
-pub(crate) struct DoneGuard(watch::Sender<bool>);
-
-impl Drop for DoneGuard {
-    fn drop(&mut self) {
-        self.0.send_replace(true);
-    }
 }
 
 /// Closes the model queue when the last processing thread ends.
@@ -606,15 +530,4 @@ fn preprocess_loop(
             Err(e) => fail_item(id, reply, submitted, e, stats),
         }
     }
-}
-
-pub(crate) fn fail_item(id: ItemId, reply: Reply, submitted: Instant, error: ItemError, stats: &Stats) {
-    stats.record_item(false);
-    reply.send(Completion {
-        id,
-        result: Err(error),
-        queue_time: submitted.elapsed(),
-        run_time: Duration::ZERO,
-        batch_size: 0,
-    });
 }

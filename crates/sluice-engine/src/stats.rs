@@ -17,8 +17,10 @@ use serde::Serialize;
 pub struct Stats {
     items_ok: AtomicU64,
     items_failed: AtomicU64,
+    items_canceled: AtomicU64,
     batches: AtomicU64,
     batched_items: AtomicU64,
+    batched_realtime: AtomicU64,
     bisections: AtomicU64,
     realtime: AtomicU64,
     rejected: AtomicU64,
@@ -122,11 +124,17 @@ pub struct StatsSnapshot {
     /// Items that produced a result.
     pub items_ok: u64,
     /// Items that failed (pre-processing, inference or post-processing).
+    /// Canceled items are not failures: they are in `items_canceled`.
     pub items_failed: u64,
+    /// Items dropped unrun because their run or job was canceled or their
+    /// real-time client went away.
+    pub items_canceled: u64,
     /// Batches executed (not counting bisection re-runs).
     pub batches: u64,
     /// Items in those batches.
     pub batched_items: u64,
+    /// Of those, items from the real-time lane (the rest came from the bulk lane).
+    pub batched_realtime: u64,
     /// Extra runtime calls made to isolate failing items.
     pub bisections: u64,
     /// Real-time items accepted.
@@ -191,8 +199,10 @@ impl Stats {
         Stats {
             items_ok: AtomicU64::new(0),
             items_failed: AtomicU64::new(0),
+            items_canceled: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             batched_items: AtomicU64::new(0),
+            batched_realtime: AtomicU64::new(0),
             bisections: AtomicU64::new(0),
             realtime: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
@@ -268,6 +278,14 @@ impl Stats {
         self.abandoned.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn record_realtime_batched(&self, items: usize) {
+        self.batched_realtime.fetch_add(items as u64, Relaxed);
+    }
+
+    pub(crate) fn record_canceled(&self) {
+        self.items_canceled.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn record_item(&self, ok: bool) {
         if ok {
             self.items_ok.fetch_add(1, Relaxed);
@@ -281,8 +299,10 @@ impl Stats {
         StatsSnapshot {
             items_ok: self.items_ok.load(Relaxed),
             items_failed: self.items_failed.load(Relaxed),
+            items_canceled: self.items_canceled.load(Relaxed),
             batches: self.batches.load(Relaxed),
             batched_items: self.batched_items.load(Relaxed),
+            batched_realtime: self.batched_realtime.load(Relaxed),
             bisections: self.bisections.load(Relaxed),
             realtime_items: self.realtime.load(Relaxed),
             realtime_rejected: self.rejected.load(Relaxed),

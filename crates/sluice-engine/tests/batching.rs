@@ -411,7 +411,9 @@ async fn items_submitted_with_an_already_set_cancel_flag_never_reach_the_runtime
         assert_failed(c, ItemErrorKind::Canceled, "canceled");
     }
     assert_eq!(calls.load(Ordering::Relaxed), 0);
-    assert_eq!(model.stats().items_failed, 10);
+    // Issue 10, finding 11: canceled items are counted as canceled, not as failed.
+    let s = model.stats();
+    assert_eq!((s.items_canceled, s.items_failed, s.items_ok), (10, 0, 0), "{s:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

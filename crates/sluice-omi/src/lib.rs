@@ -10,9 +10,15 @@
 //!
 //! Supervision, per instance: the worker is started (or connected to) and
 //! asked `Status` before any `Run`; an idle worker is health-checked with
-//! `Status` before its next batch; a worker that crashes or exceeds its run
-//! timeout is killed and restarted with exponential backoff, and the batch it
-//! held is retried once on the restarted worker. A batch that brings a worker
+//! `Status` before its next batch; during a `Run` it is probed with `Status`
+//! on a second connection, and one that answers no probe for `hang_timeout_s`
+//! is hung. A worker that crashes, hangs or exceeds its run timeout is killed
+//! and restarted with exponential backoff, and the batch it held is retried
+//! once on the restarted worker. A restart that fails (the new worker exits
+//! or gives no `Status`) is the worker's failure, not the items': they wait
+//! and the restart is tried again, with the backoff, until
+//! `max_failed_restarts` consecutive failures; only then do the items fail,
+//! as `unavailable`, with the reason. A batch that brings a worker
 //! down twice fails as a [`BatchError`], so the engine bisects it; a single
 //! item that does is quarantined as a "poison input" (it fails at once from
 //! then on, without reaching a worker), so one bad input cannot take the
@@ -34,7 +40,7 @@ use sluice_core::{
     TensorInfo,
 };
 
-use crate::worker::{CallFault, Launch, Worker};
+use crate::worker::{CallFault, HangWatch, Launch, Worker};
 
 /// Messages and client generated from `proto/omi/model.proto` (no package,
 /// as in chassis: methods are `/ModzyModel/Status`, `/ModzyModel/Run`, `/ModzyModel/Shutdown`).
@@ -65,6 +71,8 @@ pub struct OmiCounters {
     timeouts: AtomicU64,
     retries: AtomicU64,
     quarantined: AtomicU64,
+    hangs: AtomicU64,
+    failed_starts: AtomicU64,
 }
 
 /// A snapshot of [`OmiCounters`].
@@ -80,6 +88,10 @@ pub struct OmiCountersSnapshot {
     pub retries: u64,
     /// Items quarantined as poison inputs.
     pub quarantined: u64,
+    /// Workers found hung during a `Run` (no answer to `Status` probes for `hang_timeout_s`).
+    pub hangs: u64,
+    /// Restarts that failed (the new worker exited or gave no `Status` in time).
+    pub failed_starts: u64,
 }
 
 impl OmiCounters {
@@ -90,6 +102,8 @@ impl OmiCounters {
             timeouts: self.timeouts.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             quarantined: self.quarantined.load(Ordering::Relaxed),
+            hangs: self.hangs.load(Ordering::Relaxed),
+            failed_starts: self.failed_starts.load(Ordering::Relaxed),
         }
     }
 }
@@ -101,7 +115,9 @@ struct Shared {
     start_timeout: Duration,
     status_timeout: Duration,
     run_timeout: Duration,
+    hang: HangWatch,
     health_interval: Duration,
+    max_failed_restarts: u32,
     backoff: Duration,
     backoff_max: Duration,
     shutdown_grace: Duration,
@@ -177,7 +193,9 @@ impl OmiBackend {
             start_timeout: secs(omi.start_timeout_s),
             status_timeout: secs(omi.status_timeout_s),
             run_timeout: omi.run_timeout_s.map_or(DEFAULT_RUN_TIMEOUT, secs),
+            hang: HangWatch::new(secs(omi.hang_timeout_s)),
             health_interval: secs(omi.health_interval_s),
+            max_failed_restarts: omi.max_failed_restarts.max(1),
             backoff: Duration::from_millis(omi.restart_backoff_ms),
             backoff_max: Duration::from_millis(omi.restart_backoff_max_ms.max(omi.restart_backoff_ms)),
             shutdown_grace: Duration::from_millis(omi.shutdown_grace_ms),
@@ -323,6 +341,8 @@ impl Backend for OmiBackend {
             worker,
             last_ok: Instant::now(),
             failures: 0,
+            failed_starts: 0,
+            down: None,
             max_batch: self.worker_batch.unwrap_or(usize::MAX),
         }))
     }
@@ -343,15 +363,20 @@ fn launches(spec: &ModelSpec, omi: &OmiSpec) -> Result<Vec<Launch>, OmiError> {
     let Some((program, args)) = omi.command.split_first() else {
         return Err(OmiError::Config("[omi] needs command or endpoints".into()));
     };
-    let program = if program.contains('/') {
-        spec.resolve(Path::new(program))
-    } else {
-        PathBuf::from(program)
-    };
     let dir = if spec.dir.as_os_str().is_empty() {
         PathBuf::from(".")
     } else {
         spec.dir.clone()
+    };
+    // The worker starts in the model folder, so a relative program path must
+    // not be resolved again from there: make it absolute now, against the
+    // model folder as seen from here. A bare name is looked up in `PATH`.
+    let program = if program.contains('/') {
+        let path = spec.resolve(Path::new(program));
+        std::path::absolute(&path)
+            .map_err(|e| OmiError::Config(format!("[omi] command: cannot resolve {}: {e}", path.display())))?
+    } else {
+        PathBuf::from(program)
     };
     let env: Vec<(String, String)> = omi.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     Ok((0..spec.instances)
@@ -457,6 +482,10 @@ fn to_request(batch: &[&NamedTensors]) -> Result<proto::RunRequest, ItemError> {
     })
 }
 
+/// Values of a failed item's `error_code` output that mean the input itself
+/// is at fault (the SDK's `InvalidInput`; gRPC's and HTTP's names for it).
+const INVALID_CODES: [&str; 4] = ["invalid_input", "invalid_argument", "400", "422"];
+
 fn from_output(out: proto::OutputItem) -> Result<NamedTensors, ItemError> {
     if !out.success {
         let message = out
@@ -465,7 +494,15 @@ fn from_output(out: proto::OutputItem) -> Result<NamedTensors, ItemError> {
             .map(|e| String::from_utf8_lossy(e).trim().to_string())
             .filter(|e| !e.is_empty())
             .unwrap_or_else(|| "the worker reported a failure without an error message".into());
-        return Err(ItemError::inference(message));
+        let invalid = out.output.get("error_code").is_some_and(|c| {
+            let code = String::from_utf8_lossy(c).trim().to_ascii_lowercase();
+            INVALID_CODES.contains(&code.as_str())
+        });
+        return Err(if invalid {
+            ItemError::invalid(message)
+        } else {
+            ItemError::inference(message)
+        });
     }
     Ok(out
         .output
@@ -488,6 +525,12 @@ struct OmiInstance {
     last_ok: Instant,
     /// Consecutive worker failures (drives the restart backoff).
     failures: u32,
+    /// Consecutive failed restarts.
+    failed_starts: u32,
+    /// Set once `max_failed_restarts` restarts in a row failed: when the
+    /// last try was and why it failed. Batches then fail at once, and one
+    /// restart is tried per `restart_backoff_max_ms`.
+    down: Option<(Instant, String)>,
     max_batch: usize,
 }
 
@@ -496,6 +539,10 @@ enum Attempt {
     Done(proto::RunResponse),
     /// The worker died or hung; it has been stopped.
     Lost(String),
+    /// The worker refused the request as invalid (gRPC `INVALID_ARGUMENT`).
+    Invalid(String),
+    /// No worker could be (re)started; the items fail as unavailable.
+    Unavailable(String),
 }
 
 impl OmiInstance {
@@ -518,8 +565,8 @@ impl OmiInstance {
     }
 
     /// Makes sure a healthy worker is there: restarts a lost one (after the
-    /// backoff), health-checks an idle one.
-    fn ensure_worker(&mut self) -> Result<(), BatchError> {
+    /// backoff), health-checks an idle one. `Err` says why no worker could be started.
+    fn ensure_worker(&mut self) -> Result<(), String> {
         if let Some(w) = self.worker.as_mut() {
             if let Some(exit) = w.exited() {
                 self.shared.counters.crashes.fetch_add(1, Ordering::Relaxed);
@@ -543,38 +590,77 @@ impl OmiInstance {
         if self.worker.is_some() {
             return Ok(());
         }
-        let exp = self.failures.saturating_sub(1).min(20);
-        let delay = self
-            .shared
-            .backoff
-            .saturating_mul(1 << exp)
-            .min(self.shared.backoff_max);
-        std::thread::sleep(delay);
-        match start_worker(&self.shared, self.index) {
-            Ok(w) => {
-                self.shared.counters.restarts.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(worker = %self.label(), pid = w.pid(), after = ?delay, "OMI worker restarted");
-                self.shared.set_pid(self.index, w.pid());
-                self.worker = Some(w);
-                self.last_ok = Instant::now();
-                Ok(())
+        self.restart()
+    }
+
+    /// Starts a new worker. A start that fails is the worker's failure, not
+    /// the items': it is tried again after the backoff, up to
+    /// `max_failed_restarts` consecutive failures; then the items fail
+    /// (`Err` with the reason). Once down, one start is tried per
+    /// `restart_backoff_max_ms` and batches in between fail at once.
+    fn restart(&mut self) -> Result<(), String> {
+        let max = self.shared.max_failed_restarts;
+        let mut tries = max.saturating_sub(self.failed_starts).max(1);
+        if let Some((since, reason)) = &self.down {
+            if since.elapsed() < self.shared.backoff_max {
+                return Err(reason.clone());
             }
-            Err(e) => {
-                self.failures = self.failures.saturating_add(1);
-                Err(BatchError::fatal(format!("OMI worker unavailable: {e}")))
+            tries = 1;
+        }
+        loop {
+            let exp = self.failures.saturating_sub(1).min(20);
+            let delay = if self.down.is_some() {
+                Duration::ZERO
+            } else {
+                self.shared
+                    .backoff
+                    .saturating_mul(1 << exp)
+                    .min(self.shared.backoff_max)
+            };
+            std::thread::sleep(delay);
+            match start_worker(&self.shared, self.index) {
+                Ok(w) => {
+                    self.shared.counters.restarts.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(worker = %self.label(), pid = w.pid(), after = ?delay, "OMI worker restarted");
+                    self.shared.set_pid(self.index, w.pid());
+                    self.worker = Some(w);
+                    self.last_ok = Instant::now();
+                    self.failed_starts = 0;
+                    self.down = None;
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.failures = self.failures.saturating_add(1);
+                    self.failed_starts = self.failed_starts.saturating_add(1);
+                    self.shared.counters.failed_starts.fetch_add(1, Ordering::Relaxed);
+                    tries -= 1;
+                    if tries == 0 {
+                        let reason = format!(
+                            "OMI worker unavailable: {} restart(s) in a row failed (max_failed_restarts = {max}); last: {e}",
+                            self.failed_starts
+                        );
+                        tracing::error!(worker = %self.label(), "{reason}");
+                        self.down = Some((Instant::now(), reason.clone()));
+                        return Err(reason);
+                    }
+                    tracing::warn!(worker = %self.label(), error = %e, failed = self.failed_starts, "OMI worker restart failed; trying again");
+                }
             }
         }
     }
 
     /// One `Run` of `batch` on a healthy worker.
     fn attempt(&mut self, req: proto::RunRequest) -> Result<Attempt, BatchError> {
-        self.ensure_worker()?;
+        if let Err(reason) = self.ensure_worker() {
+            return Ok(Attempt::Unavailable(reason));
+        }
         let timeout = self.shared.run_timeout;
+        let hang = self.shared.hang;
         let rt_result = {
             let rt = self.shared.rt.get();
             match self.worker.as_mut() {
-                Some(w) => w.run(rt, req, timeout),
-                None => return Err(BatchError::fatal("OMI worker unavailable")),
+                Some(w) => w.run(rt, req, timeout, hang),
+                None => return Ok(Attempt::Unavailable("OMI worker unavailable".into())),
             }
         };
         match rt_result {
@@ -586,6 +672,19 @@ impl OmiInstance {
             Err(CallFault::Rejected(msg)) => {
                 self.last_ok = Instant::now();
                 Err(BatchError::new(format!("the worker failed the batch: {msg}")))
+            }
+            Err(CallFault::Invalid(msg)) => {
+                self.last_ok = Instant::now();
+                Ok(Attempt::Invalid(msg))
+            }
+            Err(CallFault::Hung(silent)) => {
+                self.shared.counters.hangs.fetch_add(1, Ordering::Relaxed);
+                let reason = format!(
+                    "the worker answered no health check for {silent:.1?} during a Run (hang timeout {:?})",
+                    self.shared.hang.timeout
+                );
+                self.drop_worker(&reason);
+                Ok(Attempt::Lost(reason))
             }
             Err(CallFault::Crashed(msg)) => {
                 self.shared.counters.crashes.fetch_add(1, Ordering::Relaxed);
@@ -615,6 +714,23 @@ impl OmiInstance {
         let resp = loop {
             match self.attempt(req.clone())? {
                 Attempt::Done(resp) => break resp,
+                Attempt::Unavailable(reason) => {
+                    return Ok(batch
+                        .iter()
+                        .map(|_| Err(ItemError::new(ItemErrorKind::Unavailable, reason.clone())))
+                        .collect());
+                }
+                Attempt::Invalid(msg) if batch.len() == 1 => {
+                    return Ok(vec![Err(ItemError::invalid(format!(
+                        "the worker refused the input: {msg}"
+                    )))]);
+                }
+                // Which item is invalid? The engine bisects down to single items.
+                Attempt::Invalid(msg) => {
+                    return Err(BatchError::new(format!(
+                        "the worker refused the batch as invalid: {msg}"
+                    )));
+                }
                 Attempt::Lost(reason) if lost.is_empty() => {
                     self.shared.counters.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(worker = %self.label(), items = batch.len(), "retrying the batch on the restarted worker");
@@ -627,6 +743,13 @@ impl OmiInstance {
             }
         };
         if resp.outputs.len() != batch.len() {
+            // A single item refused with a client-error status: its input is at fault.
+            if batch.len() == 1 && resp.outputs.is_empty() && (400..500).contains(&resp.status_code) {
+                return Ok(vec![Err(ItemError::invalid(format!(
+                    "the worker refused the input (status {} {}: {})",
+                    resp.status_code, resp.status, resp.message
+                )))]);
+            }
             return Err(BatchError::new(format!(
                 "the worker returned {} outputs for {} inputs (status {} {}: {})",
                 resp.outputs.len(),

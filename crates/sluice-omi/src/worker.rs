@@ -45,8 +45,32 @@ pub(crate) enum CallFault {
     Crashed(String),
     /// The call exceeded the run timeout.
     TimedOut(Duration),
+    /// The worker stopped answering `Status` probes during the call for this
+    /// long (stopped, deadlocked, swapped out): treated as hung.
+    Hung(Duration),
+    /// The worker refused the request as invalid (gRPC `INVALID_ARGUMENT`).
+    Invalid(String),
     /// The worker answered with a gRPC error and is still alive.
     Rejected(String),
+}
+
+/// How a `Run` call watches for a hung worker: a `Status` probe every
+/// `interval` on a separate connection, each given `interval` to answer;
+/// no answer for `timeout` means hung.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HangWatch {
+    pub timeout: Duration,
+    pub interval: Duration,
+}
+
+impl HangWatch {
+    /// Four probes per hang timeout (at least 20 ms apart).
+    pub fn new(timeout: Duration) -> HangWatch {
+        HangWatch {
+            timeout,
+            interval: (timeout / 4).max(Duration::from_millis(20)),
+        }
+    }
 }
 
 /// A started (or connected) worker.
@@ -57,6 +81,9 @@ pub(crate) struct Worker {
     pub endpoint: String,
     child: Option<Child>,
     client: ModzyModelClient<Channel>,
+    /// A second connection, for `Status` probes while a `Run` is in flight
+    /// (so a probe never queues behind the call it watches).
+    probe: ModzyModelClient<Channel>,
     /// The worker's `Status` answer.
     pub status: StatusResponse,
 }
@@ -115,11 +142,22 @@ impl Worker {
                     if status.status_code >= 400 {
                         last_error = format!("Status answered {}: {}", status.status_code, status.message);
                     } else {
+                        let probe = match probe_client(rt, &endpoint) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                if let Some(mut c) = child {
+                                    let _ = c.kill();
+                                    let _ = c.wait();
+                                }
+                                return Err(OmiError::Start(format!("{label}: {e}")));
+                            }
+                        };
                         let mut w = Worker {
                             label,
                             endpoint,
                             child,
                             client,
+                            probe,
                             status,
                         };
                         w.log_status();
@@ -183,10 +221,45 @@ impl Worker {
         }
     }
 
-    /// One `Run` call.
-    pub fn run(&mut self, rt: &Tokio, req: RunRequest, timeout: Duration) -> Result<RunResponse, CallFault> {
+    /// One `Run` call, bounded by `timeout`, while `hang` probes the worker
+    /// with `Status` on the probe connection: a worker that answers no probe
+    /// for `hang.timeout` is reported as hung at once, whatever `timeout` says.
+    pub fn run(
+        &mut self,
+        rt: &Tokio,
+        req: RunRequest,
+        timeout: Duration,
+        hang: HangWatch,
+    ) -> Result<RunResponse, CallFault> {
         let mut client = self.client.clone();
-        match rt.block_on(async { tokio::time::timeout(timeout, client.run(req)).await }) {
+        let mut probe = self.probe.clone();
+        let outcome = rt.block_on(async move {
+            let call = tokio::time::timeout(timeout, client.run(req));
+            let watch = async {
+                let mut last_ok = Instant::now();
+                loop {
+                    tokio::time::sleep(hang.interval).await;
+                    let answered = matches!(
+                        tokio::time::timeout(hang.interval, probe.status(StatusRequest {})).await,
+                        Ok(Ok(ref r)) if r.get_ref().status_code < 400
+                    );
+                    if answered {
+                        last_ok = Instant::now();
+                    } else if last_ok.elapsed() >= hang.timeout {
+                        return last_ok.elapsed();
+                    }
+                }
+            };
+            tokio::select! {
+                r = call => Ok(r),
+                silent = watch => Err(silent),
+            }
+        });
+        let outcome = match outcome {
+            Ok(r) => r,
+            Err(silent) => return Err(CallFault::Hung(silent)),
+        };
+        match outcome {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Err(_) => Err(CallFault::TimedOut(timeout)),
             Ok(Err(status)) => {
@@ -201,6 +274,7 @@ impl Worker {
                     }
                 }
                 match status.code() {
+                    tonic::Code::InvalidArgument => Err(CallFault::Invalid(status.message().to_string())),
                     tonic::Code::Unavailable | tonic::Code::Cancelled => Err(CallFault::Crashed(text)),
                     tonic::Code::Unknown | tonic::Code::Internal if is_transport(status.message()) => {
                         Err(CallFault::Crashed(text))
@@ -274,6 +348,16 @@ async fn connect_and_status(
         .map_err(|e| format!("Status failed: {}: {}", e.code(), e.message()))?
         .into_inner();
     Ok((client, status))
+}
+
+/// A client on a connection of its own, made on first use.
+fn probe_client(rt: &Tokio, endpoint: &str) -> Result<ModzyModelClient<Channel>, String> {
+    let _entered = rt.enter();
+    let channel = Endpoint::from_shared(format!("http://{endpoint}"))
+        .map_err(|e| format!("bad endpoint {endpoint}: {e}"))?
+        .tcp_nodelay(true)
+        .connect_lazy();
+    Ok(ModzyModelClient::new(channel))
 }
 
 fn free_port() -> std::io::Result<u16> {

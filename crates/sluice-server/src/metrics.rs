@@ -266,6 +266,11 @@ pub fn render(state: &AppState, jobs: &[Job]) -> String {
             &[("model", &m.name), ("outcome", "failed")],
             m.stats.items_failed,
         );
+        e.sample(
+            names::ITEMS,
+            &[("model", &m.name), ("outcome", "canceled")],
+            m.stats.items_canceled,
+        );
     }
     per_model(
         &mut e,

@@ -389,19 +389,38 @@ fn to_recorded(c: &Completion) -> Option<Recorded> {
     })
 }
 
-async fn writer(
-    store: Arc<dyn Store>,
-    mut rx: mpsc::Receiver<Completion>,
-    permits: Arc<Semaphore>,
-    cfg: SchedulerConfig,
-) {
+/// Receives the model's completions and frees their window slots at once,
+/// then hands them to the writer. Slots must not wait for the store: while a
+/// write is in flight the model keeps completing items, and if their slots
+/// were freed only when the writer got back to its queue, the feeder would
+/// stall and the model's bulk lane run dry (real-time traffic then takes the
+/// batches bulk was promised by `bulk_min_share`). The hand-off queue is
+/// bounded (`4 × record_batch`), so a store that stays slower than the model
+/// still holds the feeder back.
+async fn releaser(mut rx: mpsc::Receiver<Completion>, permits: Arc<Semaphore>, out: mpsc::Sender<Completion>) {
+    while let Some(c) = rx.recv().await {
+        // Frees the slot only once the completion is queued for the writer.
+        if out.send(c).await.is_err() {
+            break;
+        }
+        permits.add_permits(1);
+    }
+}
+
+async fn writer(store: Arc<dyn Store>, rx: mpsc::Receiver<Completion>, permits: Arc<Semaphore>, cfg: SchedulerConfig) {
+    let (tx, mut rx) = {
+        let (tx, released) = mpsc::channel::<Completion>(cfg.record_batch.max(1) * 4);
+        tokio::spawn(releaser(rx, permits, tx.clone()));
+        (tx, released)
+    };
+    // Only the releaser sends; dropping ours lets `rx` end when it does.
+    drop(tx);
     let mut batch: Vec<Recorded> = Vec::with_capacity(cfg.record_batch);
     loop {
         let first = rx.recv().await;
         let Some(first) = first else { break };
         let deadline = tokio::time::Instant::now() + cfg.record_delay;
         let push = |c: Completion, batch: &mut Vec<Recorded>| {
-            permits.add_permits(1);
             // A canceled item was already settled by the cancel itself.
             if c.result.as_ref().is_err_and(|e| e.kind == ItemErrorKind::Canceled) {
                 return;

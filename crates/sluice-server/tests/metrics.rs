@@ -207,6 +207,11 @@ async fn metrics_add_up_to_what_a_job_did() {
     let failed = value(&samples, names::ITEMS, &[("model", model), ("outcome", "failed")]);
     assert_eq!(ok, count(&view, "completed") as f64);
     assert_eq!(failed, count(&view, "failed") as f64);
+    // Canceled items have their own outcome (issue 10, finding 11); none here.
+    assert_eq!(
+        value(&samples, names::ITEMS, &[("model", model), ("outcome", "canceled")]),
+        0.0
+    );
 
     let batches = value(&samples, names::BATCHES, &[("model", model)]);
     let (size_count, size_sum) = histogram(&samples, names::BATCH_SIZE, model);

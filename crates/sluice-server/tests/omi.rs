@@ -16,6 +16,11 @@ use serde_json::{json, Value};
 use sluice_core::ModelSpec;
 
 fn echo_spec(state: &std::path::Path) -> ModelSpec {
+    echo_spec_with(state, "")
+}
+
+/// [`echo_spec`] with extra worker environment (`, KEY = "v"` entries).
+fn echo_spec_with(state: &std::path::Path, extra_env: &str) -> ModelSpec {
     let root = common::repo_root();
     let py = root.join(".sluice/venv/bin/python");
     assert!(py.is_file(), "{} is missing; {}", py.display(), common::SETUP);
@@ -30,7 +35,7 @@ group_by_length = false
 type = "bytes"
 [omi]
 command = [{py:?}, {worker:?}]
-env = {{ PYTHONPATH = {sdk:?}, TEST_WORKER_STATE = {state:?}, TEST_WORKER_BATCH = "8" }}
+env = {{ PYTHONPATH = {sdk:?}, TEST_WORKER_STATE = {state:?}, TEST_WORKER_BATCH = "8"{extra_env} }}
 run_timeout_s = 20
 restart_backoff_ms = 50
 restart_backoff_max_ms = 200
@@ -51,7 +56,10 @@ start_timeout_s = 60
 }
 
 async fn echo_model(state: &std::path::Path) -> sluice_engine::Model {
-    let spec = echo_spec(state);
+    echo_model_from(echo_spec(state)).await
+}
+
+async fn echo_model_from(spec: ModelSpec) -> sluice_engine::Model {
     let spec2 = spec.clone();
     let backend = tokio::task::spawn_blocking(move || sluice_engine::load_backend(&spec2))
         .await
@@ -137,4 +145,118 @@ async fn jobs_and_realtime_requests_reach_omi_workers() {
     assert_eq!(status, StatusCode::OK, "{resp}");
     assert_eq!(resp["results"][0]["output"]["files"]["output"], "XYZ", "{resp}");
     assert_eq!(resp["results"][1]["error"]["code"], "inference", "{resp}");
+
+    // Issue 10, finding 11: an input the worker refuses as invalid is the client's fault: 400.
+    let (status, resp) = server
+        .post("/v1/models/echo/infer", &json!({"inputs": ["INVALID"]}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
+    assert!(
+        resp["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("INVALID marker")),
+        "{resp}"
+    );
+    let body = json!({"inputs": [{"name": "input", "shape": [1], "datatype": "BYTES", "data": ["INVALID"]}]});
+    let (status, resp) = server.post("/v2/models/echo/infer", &body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
+    assert!(
+        resp["error"].as_str().is_some_and(|m| m.contains("INVALID marker")),
+        "{resp}"
+    );
+}
+
+/// Live processes started by this test process whose environment names `state` (the workers of
+/// one test, from the moment they exist, before they answer `Status`).
+fn workers_of(state: &std::path::Path) -> Vec<u32> {
+    let me = std::process::id();
+    let needle = format!("TEST_WORKER_STATE={}", state.display());
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let mut rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .unwrap_or_default()
+            .split_whitespace();
+        let (st, ppid) = (rest.next(), rest.next().and_then(|p| p.parse::<u32>().ok()));
+        if ppid != Some(me) || st == Some("Z") {
+            continue;
+        }
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if environ.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn kill9(pid: u32) {
+    let ok = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -9 {pid}");
+}
+
+/// Issue 10, finding 6, as reported: during a job, the worker is killed, and its replacement is
+/// killed again right after it appears (before it answers `Status`). Before, the batch's items
+/// failed for good ("OMI worker unavailable ... exited (signal 9) before answering Status") and
+/// the job ended COMPLETED with failures; now every input completes, once, none failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_survives_a_worker_killed_again_while_it_restarts() {
+    let state = tempfile::tempdir().expect("state dir");
+    // Each worker start waits 0.5 s before serving, so the second kill lands before `Status`.
+    let spec = echo_spec_with(state.path(), ", TEST_WORKER_START_DELAY = \"0.5\"");
+    let server = Server::start(vec![echo_model_from(spec).await]).await;
+    let first = workers_of(state.path());
+    assert_eq!(first.len(), 1, "{first:?}");
+
+    let mut inputs = serde_json::Map::new();
+    for i in 0..64 {
+        let text = if i == 0 {
+            "SLOW".to_string()
+        } else {
+            format!("item {i}")
+        };
+        inputs.insert(format!("k{i:02}"), Value::String(text));
+    }
+    let job = server.create(json!({"model": "echo", "inputs": inputs})).await;
+    let id = job["id"].as_str().expect("id").to_string();
+    // The first batch holds SLOW (one second on the worker): kill the worker during it...
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    kill9(first[0]);
+    // ...and the replacement as soon as it exists.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let replacement = loop {
+        if let Some(&pid) = workers_of(state.path()).iter().find(|p| **p != first[0]) {
+            break pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no replacement worker was started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    kill9(replacement);
+
+    let job = server.wait_end(&id).await;
+    assert_eq!(job["status"], "COMPLETED", "{job}");
+    assert_eq!(count(&job, "failed"), 0, "{job}");
+    assert_eq!(count(&job, "completed"), 64, "{job}");
+    let lines = server.results(&id, "").await;
+    let keys: std::collections::HashSet<String> = lines
+        .iter()
+        .map(|l| l["key"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!((lines.len(), keys.len()), (64, 64), "every input exactly once");
+    for l in &lines {
+        assert!(l["output"]["files"]["output"].is_string(), "{l}");
+    }
 }

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import onnxruntime as ort
 
-from sluice_omi import serve
+from sluice_omi import InvalidInput, serve
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "..", "..", "models", "mlp", "model.onnx")
@@ -36,7 +36,7 @@ def process(batch):
     for i, item in enumerate(batch):
         data = item.get("input", b"")
         if len(data) != WIDTH * 4:
-            results[i] = ValueError(f"input must be {WIDTH} float32 values ({WIDTH * 4} bytes), got {len(data)} bytes")
+            results[i] = InvalidInput(f"input must be {WIDTH} float32 values ({WIDTH * 4} bytes), got {len(data)} bytes")
             continue
         rows.append(np.frombuffer(data, dtype="<f4"))
         where.append(i)

@@ -35,6 +35,13 @@ def _to_bytes(value: Any) -> bytes:
     return json.dumps(value).encode("utf-8")
 
 
+class InvalidInput(ValueError):
+    """Raise (or return in place of an item's outputs) when the *input* is at
+    fault: wrong size, undecodable, out of range. The item fails with
+    ``error_code = invalid_input`` beside its ``error`` text, and Sluice answers
+    the client 400 instead of 500."""
+
+
 def _error_text(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -131,7 +138,10 @@ class OmiServicer(model_pb2_grpc.ModzyModelServicer):
     @staticmethod
     def _output_item(result: Any):
         if isinstance(result, BaseException):
-            return model_pb2.OutputItem(output={"error": _error_text(result).encode("utf-8")}, success=False)
+            output = {"error": _error_text(result).encode("utf-8")}
+            if isinstance(result, InvalidInput):
+                output["error_code"] = b"invalid_input"
+            return model_pb2.OutputItem(output=output, success=False)
         if not isinstance(result, dict):
             err = f"process must return a dict of outputs per item, got {type(result).__name__}"
             return model_pb2.OutputItem(output={"error": err.encode("utf-8")}, success=False)

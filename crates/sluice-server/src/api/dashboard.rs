@@ -45,6 +45,8 @@ pub struct ModelStats {
     pub items_ok: u64,
     /// Items finished with an error.
     pub items_failed: u64,
+    /// Items canceled before they ran (not failures).
+    pub items_canceled: u64,
     /// Batches dispatched.
     pub batches: u64,
     /// Items in those batches.
@@ -96,6 +98,7 @@ pub async fn stats(State(state): State<AppState>) -> Json<Summary> {
                     busy_instances: s.busy_instances,
                     items_ok: s.items_ok,
                     items_failed: s.items_failed,
+                    items_canceled: s.items_canceled,
                     batches: s.batches,
                     batched_items: s.batched_items,
                     batch_sizes: s.batch_sizes,
@@ -115,6 +118,7 @@ pub async fn stats(State(state): State<AppState>) -> Json<Summary> {
                 busy_instances: 0,
                 items_ok: 0,
                 items_failed: 0,
+                items_canceled: 0,
                 batches: 0,
                 batched_items: 0,
                 batch_sizes: Vec::new(),
