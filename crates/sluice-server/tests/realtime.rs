@@ -430,10 +430,24 @@ async fn bulk_keeps_its_share_under_saturated_realtime_load() {
         .wait_for(&id, "running", |j| common::count(j, "completed") > 0)
         .await;
 
-    // A stretch of saturated traffic while the job still waits.
+    // A stretch of saturated traffic while the job still waits: a fixed number of executed items
+    // (about a fifth of the job's size in bulk items at the promised share), not a fixed time, so
+    // that a faster machine does not finish the job inside the stretch.
     let before = model.stats();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = model.stats();
+    let stretch = 2000;
+    let started = std::time::Instant::now();
+    let after = loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = model.stats();
+        if now.batched_items - before.batched_items >= stretch {
+            break now;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the model executed only {} items in 120 s",
+            now.batched_items - before.batched_items
+        );
+    };
     let pending = common::count(&server.job(&id).await, "pending");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for c in clients {
