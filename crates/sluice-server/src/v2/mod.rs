@@ -27,6 +27,7 @@ use base64::Engine as _;
 use std::time::{Duration, Instant};
 
 use sluice_core::spec::{ImagePostprocess, ProcessingSpec, RuntimeKind};
+use sluice_core::tensor::{checked_numel, ShapeLimits};
 use sluice_core::{DType, Input, ItemErrorKind, NamedTensors, Output, Tensor};
 use sluice_engine::{EngineError, Model, RealtimeOptions};
 
@@ -47,6 +48,11 @@ pub enum V2Error {
     /// Unknown model or version (404 / NOT_FOUND).
     #[error("{0}")]
     NotFound(String),
+    /// The request is larger than the server or the model can ever take:
+    /// a body over the limit, or more rows than the model's real-time
+    /// capacity (413 / INVALID_ARGUMENT; retrying cannot help, unlike 429).
+    #[error("{0}")]
+    TooLarge(String),
     /// The real-time queue is full (429 / RESOURCE_EXHAUSTED).
     #[error("{0}")]
     Overloaded(String),
@@ -183,12 +189,82 @@ pub fn parse_datatype(name: &str) -> Result<Option<DType>, V2Error> {
     }))
 }
 
-/// Parses v2 dimensions (non-negative for request tensors).
-pub fn parse_shape(name: &str, shape: &[i64]) -> Result<Vec<usize>, V2Error> {
-    shape
+/// What one request's tensors may hold. Every front end checks each input's
+/// wire shape against these before it allocates anything for the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLimits {
+    /// Most rows (the batch dimension): the model's `realtime_queue_capacity`,
+    /// since a request whose rows cannot all be admitted at once never runs.
+    pub max_rows: usize,
+    /// Rank and extent bounds of each input tensor.
+    pub shape: ShapeLimits,
+}
+
+impl Default for InputLimits {
+    /// The defaults of `model.toml` (512 rows) and of the body limit (64 MiB).
+    fn default() -> Self {
+        InputLimits {
+            max_rows: 512,
+            shape: ShapeLimits::default(),
+        }
+    }
+}
+
+impl InputLimits {
+    /// The limits for `model` behind a transport that takes at most
+    /// `max_message_bytes` per request: no tensor can carry more elements
+    /// than the message has bytes.
+    pub fn for_model(model: &Model, max_message_bytes: usize) -> InputLimits {
+        InputLimits {
+            max_rows: model.spec().realtime_queue_capacity,
+            shape: ShapeLimits {
+                max_elements: max_message_bytes.max(1),
+                ..ShapeLimits::default()
+            },
+        }
+    }
+
+    /// Refuses more rows than the model can ever admit at once.
+    pub fn check_rows(&self, what: &str, rows: usize) -> Result<(), V2Error> {
+        if rows > self.max_rows {
+            return Err(V2Error::TooLarge(format!(
+                "{what} has {rows} rows; this model takes at most {} rows per request \
+                 (realtime_queue_capacity): split the request",
+                self.max_rows
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Parses v2 dimensions (non-negative for request tensors) and checks them
+/// against `limits` with overflow-safe arithmetic: the batch dimension
+/// against the row limit, the whole shape against the rank and extent limits.
+pub fn parse_shape(name: &str, shape: &[i64], limits: &InputLimits) -> Result<Vec<usize>, V2Error> {
+    if shape.len() > limits.shape.max_rank {
+        return Err(V2Error::BadRequest(format!(
+            "input '{name}': {} dimensions; at most {} are allowed",
+            shape.len(),
+            limits.shape.max_rank
+        )));
+    }
+    let dims: Vec<usize> = shape
         .iter()
         .map(|&d| usize::try_from(d).map_err(|_| V2Error::BadRequest(format!("input '{name}': invalid dimension {d}"))))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    if let Some(&rows) = dims.first() {
+        limits.check_rows(&format!("input '{name}'"), rows)?;
+    }
+    limits
+        .shape
+        .check(&dims)
+        .map_err(|e| V2Error::BadRequest(format!("input '{name}': {e}")))?;
+    Ok(dims)
+}
+
+/// The element count of an already checked shape.
+fn numel(name: &str, shape: &[usize]) -> Result<usize, V2Error> {
+    checked_numel(shape).map_err(|e| V2Error::BadRequest(format!("input '{name}': {e}")))
 }
 
 /// Finds a ready model, checking the version when one is named.
@@ -285,7 +361,7 @@ pub fn metadata(model: &Model) -> ModelMeta {
 }
 
 /// Splits the request's inputs along the batch dimension into engine items.
-fn to_items(model: &Model, inputs: Vec<WireTensor>) -> Result<Vec<Input>, V2Error> {
+fn to_items(model: &Model, inputs: Vec<WireTensor>, limits: &InputLimits) -> Result<Vec<Input>, V2Error> {
     let spec = model.spec();
     if let Some(expected) = bytes_input(&spec.processing) {
         let [input]: [WireTensor; 1] = inputs.try_into().map_err(|v: Vec<WireTensor>| {
@@ -313,6 +389,7 @@ fn to_items(model: &Model, inputs: Vec<WireTensor>) -> Result<Vec<Input>, V2Erro
                 input.shape
             )));
         }
+        limits.check_rows(&format!("input '{expected}'"), rows.len())?;
         return rows
             .into_iter()
             .enumerate()
@@ -325,7 +402,7 @@ fn to_items(model: &Model, inputs: Vec<WireTensor>) -> Result<Vec<Input>, V2Erro
             .collect();
     }
     if let ProcessingSpec::Bytes(_) = spec.processing {
-        return bytes_items(inputs);
+        return bytes_items(inputs, limits);
     }
     // Raw tensors: every graph input by name, rows split along dimension 0.
     let sig = model.signature();
@@ -378,6 +455,9 @@ fn to_items(model: &Model, inputs: Vec<WireTensor>) -> Result<Vec<Input>, V2Erro
                 rows.unwrap_or(0)
             )));
         }
+        // Checked before splitting: `split_first` makes one tensor per row,
+        // even when the rows hold no element.
+        limits.check_rows(&format!("input '{}'", info.name), n)?;
         rows = Some(n);
         columns.push((info.name.clone(), tensor.split_first()));
     }
@@ -393,7 +473,7 @@ fn to_items(model: &Model, inputs: Vec<WireTensor>) -> Result<Vec<Input>, V2Erro
 
 /// Rows of named byte strings (OMI models): row `i` takes element `i` of
 /// every input, as a 1-D `u8` tensor; the processor checks the names.
-fn bytes_items(inputs: Vec<WireTensor>) -> Result<Vec<Input>, V2Error> {
+fn bytes_items(inputs: Vec<WireTensor>, limits: &InputLimits) -> Result<Vec<Input>, V2Error> {
     let mut rows: Option<usize> = None;
     let mut columns = Vec::with_capacity(inputs.len());
     for t in inputs {
@@ -406,6 +486,7 @@ fn bytes_items(inputs: Vec<WireTensor>) -> Result<Vec<Input>, V2Error> {
                 t.name
             )));
         }
+        limits.check_rows(&format!("input '{}'", t.name), elems.len())?;
         rows = Some(elems.len());
         columns.push((t.name, elems));
     }
@@ -529,12 +610,17 @@ fn assemble(rows: Vec<Output>, wanted: &[String]) -> Result<Vec<WireTensor>, V2E
 /// Runs a request: splits it into items, runs them in the real-time lane and
 /// reassembles the outputs. `deadline` (from a header or the transport) and
 /// the request's own `timeout` parameter both apply; the earlier wins.
-pub async fn infer(model: &Model, req: InferRequest, deadline: Option<Instant>) -> Result<InferResponse, V2Error> {
+pub async fn infer(
+    model: &Model,
+    req: InferRequest,
+    deadline: Option<Instant>,
+    limits: &InputLimits,
+) -> Result<InferResponse, V2Error> {
     let spec = model.spec();
     if req.inputs.is_empty() {
         return Err(V2Error::BadRequest("the request has no inputs".into()));
     }
-    let items = to_items(model, req.inputs)?;
+    let items = to_items(model, req.inputs, limits)?;
     if items.is_empty() {
         return Err(V2Error::BadRequest("the request's batch dimension is 0".into()));
     }
@@ -603,7 +689,7 @@ pub fn decode_bytes(name: &str, mut raw: &[u8]) -> Result<Vec<Vec<u8>>, V2Error>
 
 /// Builds a tensor from raw bytes (binary extension or gRPC raw contents).
 pub fn tensor_from_raw(name: &str, datatype_name: &str, shape: Vec<usize>, raw: &[u8]) -> Result<WireTensor, V2Error> {
-    let numel: usize = shape.iter().product();
+    let numel = numel(name, &shape)?;
     let data = match parse_datatype(datatype_name)? {
         None => {
             let elems = decode_bytes(name, raw)?;
