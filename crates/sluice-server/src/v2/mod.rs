@@ -671,9 +671,20 @@ pub fn encode_bytes(elements: &[Vec<u8>]) -> Vec<u8> {
 }
 
 /// Decodes length-prefixed `BYTES` elements (see [`encode_bytes`]).
-pub fn decode_bytes(name: &str, mut raw: &[u8]) -> Result<Vec<Vec<u8>>, V2Error> {
+pub fn decode_bytes(name: &str, raw: &[u8]) -> Result<Vec<Vec<u8>>, V2Error> {
+    decode_at_most(name, raw, usize::MAX)
+}
+
+/// [`decode_bytes`], refusing more than `max` elements as soon as they show
+/// (empty elements cost 4 bytes on the wire but a whole `Vec` each).
+fn decode_at_most(name: &str, mut raw: &[u8], max: usize) -> Result<Vec<Vec<u8>>, V2Error> {
     let mut out = Vec::new();
     while !raw.is_empty() {
+        if out.len() == max {
+            return Err(V2Error::BadRequest(format!(
+                "input '{name}': more BYTES elements than its shape holds ({max})"
+            )));
+        }
         let bad = || V2Error::BadRequest(format!("input '{name}': malformed BYTES data (truncated element)"));
         let (len, rest) = raw.split_first_chunk::<4>().ok_or_else(bad)?;
         let len = usize::try_from(u32::from_le_bytes(*len)).map_err(|_| bad())?;
@@ -692,7 +703,7 @@ pub fn tensor_from_raw(name: &str, datatype_name: &str, shape: Vec<usize>, raw: 
     let numel = numel(name, &shape)?;
     let data = match parse_datatype(datatype_name)? {
         None => {
-            let elems = decode_bytes(name, raw)?;
+            let elems = decode_at_most(name, raw, numel)?;
             if elems.len() != numel {
                 return Err(V2Error::BadRequest(format!(
                     "input '{name}': shape {shape:?} needs {numel} BYTES elements, got {}",
@@ -739,6 +750,14 @@ mod tests {
         raw.pop();
         let err = decode_bytes("text", &raw).expect_err("truncated");
         assert!(err.to_string().contains("input 'text'"), "{err}");
+    }
+
+    #[test]
+    fn raw_bytes_elements_beyond_the_shape_are_refused_while_decoding() {
+        let raw = encode_bytes(&vec![Vec::new(); 1000]);
+        let err = tensor_from_raw("b", "BYTES", vec![1], &raw).expect_err("1000 for 1");
+        assert!(err.to_string().contains("more BYTES elements"), "{err}");
+        assert!(tensor_from_raw("b", "BYTES", vec![1000], &raw).is_ok());
     }
 
     #[test]
