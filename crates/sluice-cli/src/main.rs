@@ -77,24 +77,24 @@ impl Overrides {
     /// Applies the overrides to a spec.
     pub fn apply(&self, spec: &mut ModelSpec) -> anyhow::Result<()> {
         if let Some(b) = self.batch_size {
-            anyhow::ensure!(b > 0, "--batch-size must be at least 1");
             spec.max_batch_size = b;
         }
         if let Some(d) = self.max_delay_ms {
             spec.max_batch_delay_ms = d;
         }
         if let Some(i) = self.instances {
-            anyhow::ensure!(i > 0, "--instances must be at least 1");
             spec.instances = i;
         }
         if let Some(t) = self.threads {
             spec.intra_op_threads = t;
         }
         if let Some(d) = &self.device {
-            sluice_core::spec::Device::parse(d).map_err(anyhow::Error::msg)?;
             spec.device.clone_from(d);
         }
-        Ok(())
+        // The overridden spec goes through model.toml's own validation, so a
+        // flag cannot produce a configuration a file could not.
+        spec.validate()
+            .map_err(|e| anyhow::anyhow!("invalid settings after the command-line overrides: {e}"))
     }
 }
 

@@ -346,6 +346,39 @@ fn unknown_key_in_model_toml_is_named_and_fails() {
 }
 
 #[test]
+fn command_line_overrides_go_through_the_model_toml_validation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("windowed");
+    std::fs::create_dir(&model).expect("mkdir");
+    let toml = std::fs::read_to_string(repo_root().join("models/noop/model.toml")).expect("noop model.toml");
+    let toml = toml.replace("max_batch_size = 64", "max_batch_size = 64\nbatch_window = 64");
+    std::fs::write(model.join("model.toml"), toml).expect("write model.toml");
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "[1.0, 2.0]\n").expect("write");
+    let run = |flags: &[&str]| {
+        let mut args = vec!["run", "--model", path_str(&model), "--input", path_str(&input), "-q"];
+        args.extend_from_slice(flags);
+        sluice(&args)
+    };
+    // model.toml would refuse max_batch_size = 128 with batch_window = 64; so must the flag.
+    for (flags, needle) in [
+        (
+            &["--batch-size", "128"][..],
+            "batch_window must be at least max_batch_size",
+        ),
+        (&["--batch-size", "0"][..], "max_batch_size must be at least 1"),
+        (&["--instances", "0"][..], "instances must be at least 1"),
+        (&["--device", "tpu"][..], "tpu"),
+    ] {
+        let o = run(flags);
+        assert_failure(&o);
+        assert!(stderr(&o).contains(needle), "{flags:?}: {}", stderr(&o));
+    }
+    let o = run(&["--batch-size", "32"]);
+    assert_success(&o);
+}
+
+#[test]
 fn missing_onnx_runtime_library_points_to_setup_script() {
     let model = require_model("minilm-l6");
     let o = sluice_env(

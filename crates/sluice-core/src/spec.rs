@@ -539,7 +539,10 @@ impl ModelSpec {
         Ok(spec)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Checks the settings' consistency (what [`ModelSpec::parse`] does
+    /// after reading the TOML). Call it again after changing a parsed spec,
+    /// e.g. with command-line overrides.
+    pub fn validate(&self) -> Result<(), String> {
         if self.max_batch_size == 0 {
             return Err("max_batch_size must be at least 1".into());
         }

@@ -210,6 +210,78 @@ pub enum TensorError {
     /// JSON or base64 payload could not be decoded.
     #[error("{0}")]
     Parse(String),
+    /// The shape is beyond what a tensor may have (rank, element count, or
+    /// dimensions whose product overflows).
+    #[error("{0}")]
+    Shape(String),
+}
+
+/// Most dimensions a tensor built from client input may have.
+pub const MAX_RANK: usize = 16;
+
+/// Default bound on a tensor's extent (see [`ShapeLimits`]): 64 Mi, the
+/// default request body limit in bytes, so any tensor whose elements travel in
+/// a default-sized request fits.
+pub const DEFAULT_MAX_ELEMENTS: usize = 64 << 20;
+
+/// Bounds on the shape of a tensor built from client input, checked before
+/// anything is allocated for it.
+///
+/// The *extent* of a shape is the product of its dimensions with zero-sized
+/// dimensions counted as one: `[1099511627776, 0]` holds no element but has an
+/// extent of 2^40. Bounding the extent (not only the element count) keeps an
+/// empty tensor from turning into 2^40 empty rows or being padded up to a huge
+/// batch, and the arithmetic is checked, so no product can overflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShapeLimits {
+    /// Most dimensions.
+    pub max_rank: usize,
+    /// Largest extent (and so largest element count).
+    pub max_elements: usize,
+}
+
+impl Default for ShapeLimits {
+    fn default() -> Self {
+        ShapeLimits {
+            max_rank: MAX_RANK,
+            max_elements: DEFAULT_MAX_ELEMENTS,
+        }
+    }
+}
+
+impl ShapeLimits {
+    /// Checks `shape` and returns its element count.
+    pub fn check(&self, shape: &[usize]) -> Result<usize, TensorError> {
+        if shape.len() > self.max_rank {
+            return Err(TensorError::Shape(format!(
+                "shape {shape:?} has {} dimensions; at most {} are allowed",
+                shape.len(),
+                self.max_rank
+            )));
+        }
+        let too_big = || {
+            TensorError::Shape(format!(
+                "shape {shape:?} is too large: its dimensions (zero-sized ones counted as 1) multiply to more than {} elements",
+                self.max_elements
+            ))
+        };
+        let mut extent: usize = 1;
+        for &d in shape {
+            extent = extent.checked_mul(d.max(1)).ok_or_else(too_big)?;
+            if extent > self.max_elements {
+                return Err(too_big());
+            }
+        }
+        checked_numel(shape)
+    }
+}
+
+/// The element count of `shape`, with overflow reported instead of wrapping.
+pub fn checked_numel(shape: &[usize]) -> Result<usize, TensorError> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| TensorError::Shape(format!("shape {shape:?} is too large: its element count overflows")))
 }
 
 /// A dense, row-major tensor.
@@ -225,7 +297,7 @@ pub struct Tensor {
 impl Tensor {
     /// Builds a tensor, checking the element count against the shape.
     pub fn new(shape: Vec<usize>, data: TensorData) -> Result<Tensor, TensorError> {
-        let expected: usize = shape.iter().product();
+        let expected = checked_numel(&shape)?;
         if expected != data.len() {
             return Err(TensorError::ElementCount {
                 shape,
@@ -276,8 +348,13 @@ impl Tensor {
                 *m = (*m).max(*d);
             }
         }
-        let per_item: usize = max_shape.iter().product();
-        let mut data = TensorData::with_capacity(dtype, per_item * items.len());
+        let too_big = || TensorError::Incompatible {
+            name: name.to_string(),
+            detail: format!("a batch of {} items padded to {max_shape:?} is too large", items.len()),
+        };
+        let per_item = checked_numel(&max_shape).map_err(|_| too_big())?;
+        let total = per_item.checked_mul(items.len()).ok_or_else(too_big)?;
+        let mut data = TensorData::with_capacity(dtype, total);
         let mut padded = 0;
         for t in items {
             if t.shape == max_shape {
@@ -323,10 +400,11 @@ impl Tensor {
                 .iter()
                 .map(|d| {
                     d.as_u64()
-                        .map(|d| d as usize)
+                        .and_then(|d| usize::try_from(d).ok())
                         .ok_or_else(|| TensorError::Parse(format!("bad dimension {d}")))
                 })
                 .collect::<Result<_, _>>()?;
+            ShapeLimits::default().check(&shape)?;
             if let Some(b64) = obj.get("b64").and_then(|b| b.as_str()) {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(b64)
@@ -343,6 +421,7 @@ impl Tensor {
         let mut flat = Vec::new();
         let mut shape = Vec::new();
         flatten(value, &mut flat, &mut shape, 0)?;
+        ShapeLimits::default().check(&shape)?;
         Tensor::new(shape, numbers_to_data(&flat, dtype)?)
     }
 
@@ -437,25 +516,73 @@ fn copy_padded(out: &mut TensorData, t: &Tensor, max_shape: &[usize], pad: f64) 
     }
 }
 
+/// One JSON element before it is converted to the tensor's dtype: integers
+/// stay exact (an `INT64` beyond 2^53 is not rounded through `f64`).
+#[derive(Debug, Clone, Copy)]
+enum Scalar {
+    Int(i128),
+    Float(f64),
+}
+
+impl Scalar {
+    fn from_json(v: &serde_json::Value) -> Result<Scalar, TensorError> {
+        match v {
+            serde_json::Value::Bool(b) => Ok(Scalar::Int(i128::from(*b))),
+            serde_json::Value::Number(n) => {
+                if let Some(i) = n.as_i64() {
+                    Ok(Scalar::Int(i128::from(i)))
+                } else if let Some(u) = n.as_u64() {
+                    Ok(Scalar::Int(i128::from(u)))
+                } else {
+                    n.as_f64()
+                        .map(Scalar::Float)
+                        .ok_or_else(|| TensorError::Parse(format!("{n} is not a representable number")))
+                }
+            }
+            other => Err(TensorError::Parse(format!("expected a number, got {other}"))),
+        }
+    }
+}
+
+impl std::fmt::Display for Scalar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scalar::Int(i) => write!(f, "{i}"),
+            Scalar::Float(x) => write!(f, "{}", Num(*x)),
+        }
+    }
+}
+
+/// A float as a person would write it: `1e300`, not 301 digits.
+struct Num(f64);
+
+impl std::fmt::Display for Num {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0 != 0.0 && !(1e-6..1e16).contains(&self.0.abs()) {
+            write!(f, "{:e}", self.0)
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
+
 /// Collects every number of arbitrarily nested arrays, in order.
-fn flatten_any(v: &serde_json::Value, out: &mut Vec<f64>) -> Result<(), TensorError> {
+fn flatten_any(v: &serde_json::Value, out: &mut Vec<Scalar>) -> Result<(), TensorError> {
     match v {
         serde_json::Value::Array(items) => items.iter().try_for_each(|i| flatten_any(i, out)),
-        serde_json::Value::Bool(b) => {
-            out.push(f64::from(u8::from(*b)));
-            Ok(())
-        }
         other => {
-            let n = other
-                .as_f64()
-                .ok_or_else(|| TensorError::Parse(format!("expected a number, got {other}")))?;
-            out.push(n);
+            out.push(Scalar::from_json(other)?);
             Ok(())
         }
     }
 }
 
-fn flatten(v: &serde_json::Value, out: &mut Vec<f64>, shape: &mut Vec<usize>, depth: usize) -> Result<(), TensorError> {
+fn flatten(
+    v: &serde_json::Value,
+    out: &mut Vec<Scalar>,
+    shape: &mut Vec<usize>,
+    depth: usize,
+) -> Result<(), TensorError> {
     match v {
         serde_json::Value::Array(items) => {
             if shape.len() == depth {
@@ -472,55 +599,83 @@ fn flatten(v: &serde_json::Value, out: &mut Vec<f64>, shape: &mut Vec<usize>, de
             }
             Ok(())
         }
-        serde_json::Value::Number(n) => {
+        serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
             if depth != shape.len() && !shape.is_empty() {
                 return Err(TensorError::Parse("ragged nested array".into()));
             }
-            out.push(n.as_f64().unwrap_or(f64::NAN));
-            Ok(())
-        }
-        serde_json::Value::Bool(b) => {
-            out.push(if *b { 1.0 } else { 0.0 });
+            out.push(Scalar::from_json(v)?);
             Ok(())
         }
         other => Err(TensorError::Parse(format!("expected a number, found {other}"))),
     }
 }
 
-fn numbers_to_data(v: &[f64], dtype: DType) -> Result<TensorData, TensorError> {
-    let check_int = |x: f64| {
-        if x.fract() != 0.0 || !x.is_finite() {
-            Err(TensorError::Parse(format!(
-                "{x} is not an integer for a {dtype} tensor"
-            )))
-        } else {
-            Ok(x)
+/// Converts to an integer type: the value must be integral and in range.
+fn to_int<T: TryFrom<i128>>(x: Scalar, dtype: DType) -> Result<T, TensorError> {
+    let i = match x {
+        Scalar::Int(i) => i,
+        Scalar::Float(f) => {
+            if !f.is_finite() || f.fract() != 0.0 {
+                return Err(TensorError::Parse(format!(
+                    "{} is not an integer for a {dtype} tensor",
+                    Num(f)
+                )));
+            }
+            // |f| < 2^127: exact as i128; beyond, out of range of every type here.
+            if f.abs() >= 1.7e38 {
+                return Err(TensorError::Parse(format!("{} is out of range for {dtype}", Num(f))));
+            }
+            #[allow(clippy::cast_possible_truncation)]
+            let i = f as i128;
+            i
         }
     };
+    T::try_from(i).map_err(|_| TensorError::Parse(format!("{i} is out of range for {dtype}")))
+}
+
+fn to_f64(x: Scalar) -> f64 {
+    match x {
+        #[allow(clippy::cast_precision_loss)]
+        Scalar::Int(i) => i as f64,
+        Scalar::Float(f) => f,
+    }
+}
+
+fn numbers_to_data(v: &[Scalar], dtype: DType) -> Result<TensorData, TensorError> {
     Ok(match dtype {
-        DType::F32 => TensorData::F32(v.iter().map(|x| *x as f32).collect()),
-        DType::F64 => TensorData::F64(v.to_vec()),
-        DType::I64 => TensorData::I64(
+        DType::F32 => TensorData::F32(
             v.iter()
-                .map(|x| check_int(*x).map(|x| x as i64))
+                .map(|&x| {
+                    let f = to_f64(x);
+                    #[allow(clippy::cast_possible_truncation)]
+                    let g = f as f32;
+                    if g.is_finite() || !f.is_finite() {
+                        Ok(g)
+                    } else {
+                        Err(TensorError::Parse(format!(
+                            "{x} is out of range for float32 (largest magnitude {:e})",
+                            f32::MAX
+                        )))
+                    }
+                })
                 .collect::<Result<_, _>>()?,
         ),
-        DType::I32 => TensorData::I32(
+        DType::F64 => TensorData::F64(v.iter().map(|&x| to_f64(x)).collect()),
+        DType::I64 => TensorData::I64(v.iter().map(|&x| to_int(x, dtype)).collect::<Result<_, _>>()?),
+        DType::I32 => TensorData::I32(v.iter().map(|&x| to_int(x, dtype)).collect::<Result<_, _>>()?),
+        DType::U8 => TensorData::U8(v.iter().map(|&x| to_int(x, dtype)).collect::<Result<_, _>>()?),
+        DType::I8 => TensorData::I8(v.iter().map(|&x| to_int(x, dtype)).collect::<Result<_, _>>()?),
+        DType::Bool => TensorData::Bool(
             v.iter()
-                .map(|x| check_int(*x).map(|x| x as i32))
+                .map(|&x| match to_int::<u8>(x, dtype) {
+                    Ok(0) => Ok(false),
+                    Ok(1) => Ok(true),
+                    _ => Err(TensorError::Parse(format!(
+                        "{x} is not a bool (use true, false, 0 or 1)"
+                    ))),
+                })
                 .collect::<Result<_, _>>()?,
         ),
-        DType::U8 => TensorData::U8(
-            v.iter()
-                .map(|x| check_int(*x).map(|x| x as u8))
-                .collect::<Result<_, _>>()?,
-        ),
-        DType::I8 => TensorData::I8(
-            v.iter()
-                .map(|x| check_int(*x).map(|x| x as i8))
-                .collect::<Result<_, _>>()?,
-        ),
-        DType::Bool => TensorData::Bool(v.iter().map(|x| *x != 0.0).collect()),
     })
 }
 
@@ -598,5 +753,59 @@ mod tests {
         assert_eq!(x.data, TensorData::F32(vec![1.0, -2.5]));
         let bad = serde_json::json!({"shape": [2], "b64": "AAA"});
         assert!(Tensor::from_json(&bad, DType::F32).is_err());
+    }
+
+    #[test]
+    fn shape_limits_bound_the_extent_with_checked_arithmetic() {
+        let limits = ShapeLimits::default();
+        assert_eq!(limits.check(&[2, 3]), Ok(6));
+        assert_eq!(limits.check(&[4, 0]), Ok(0));
+        // Empty but with a huge extent: refused, as is an overflowing product.
+        assert!(matches!(limits.check(&[1 << 40, 0]), Err(TensorError::Shape(_))));
+        assert!(matches!(limits.check(&[1 << 62, 0]), Err(TensorError::Shape(_))));
+        assert!(matches!(limits.check(&[usize::MAX, 2]), Err(TensorError::Shape(_))));
+        assert!(matches!(limits.check(&[1; MAX_RANK + 1]), Err(TensorError::Shape(_))));
+        assert!(matches!(
+            Tensor::new(vec![1 << 32, 1 << 32, 1 << 32], TensorData::F32(Vec::new())),
+            Err(TensorError::Shape(_))
+        ));
+        let huge = serde_json::json!({"shape": [1u64 << 40, 0], "data": []});
+        assert!(matches!(
+            Tensor::from_json(&huge, DType::F32),
+            Err(TensorError::Shape(_))
+        ));
+    }
+
+    #[test]
+    fn json_numbers_are_range_checked_per_dtype() {
+        let parse = |v: serde_json::Value, d: DType| Tensor::from_json_data(vec![1], &v, d);
+        assert!(parse(serde_json::json!([127]), DType::I8).is_ok());
+        assert!(parse(serde_json::json!([255]), DType::U8).is_ok());
+        assert!(parse(serde_json::json!([2.0]), DType::I32).is_ok());
+        assert_eq!(
+            parse(serde_json::json!([9007199254740993i64]), DType::I64).map(|t| t.data),
+            Ok(TensorData::I64(vec![9007199254740993]))
+        );
+        for (v, d) in [
+            (serde_json::json!([128]), DType::I8),
+            (serde_json::json!([-1]), DType::U8),
+            (serde_json::json!([2147483648i64]), DType::I32),
+            (serde_json::json!([9223372036854775808u64]), DType::I64),
+            (serde_json::json!([1e300]), DType::I64),
+            (serde_json::json!([0.5]), DType::I64),
+            (serde_json::json!([2]), DType::Bool),
+            (serde_json::json!([1e39]), DType::F32),
+        ] {
+            let err = parse(v.clone(), d).expect_err("refused");
+            assert!(
+                err.to_string().contains(&v[0].to_string()) || err.to_string().contains("e"),
+                "{v}: {err}"
+            );
+        }
+        assert_eq!(
+            parse(serde_json::json!([true]), DType::Bool).map(|t| t.data),
+            Ok(TensorData::Bool(vec![true]))
+        );
+        assert!(parse(serde_json::json!([3.4028235e38]), DType::F32).is_ok());
     }
 }

@@ -307,11 +307,13 @@ async fn overload_answers_429_with_retry_after_and_the_server_stays_up() {
         .expect("text");
     let line = format!("sluice_model_realtime_dropped_total{{model=\"slow\",reason=\"overloaded\"}} {refused}");
     assert!(metrics.contains(&line), "no {line:?} in /metrics");
-    // A multi-row request larger than the queue is refused whole, at once.
+    // A multi-row request larger than the queue can ever hold is refused
+    // whole, at once, and not as a retryable 429: 413.
     let rows: Vec<f64> = (0..5).flat_map(|_| [1.0, 2.0, 3.0, 4.0]).collect();
     let big = json!({"inputs": [{"name": "x", "shape": [5, 4], "datatype": "FP32", "data": rows}]});
     let (status, body) = server.post("/v2/models/slow/infer", &big).await;
-    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(v2_error(&body).contains("at most 4 rows"), "{body}");
     // Once drained, the server answers normally.
     let (status, body) = server
         .post("/v2/models/slow/infer", &v2_body(&[[1.0, 2.0, 3.0, 4.0]]))

@@ -119,8 +119,11 @@ pub async fn infer(
             v.to_str()
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
+                .filter(|&ms| ms > 0)
                 .ok_or_else(|| {
-                    ApiError::BadRequest(format!("{TIMEOUT_HEADER} must be a whole number of milliseconds"))
+                    ApiError::BadRequest(format!(
+                        "{TIMEOUT_HEADER} must be a positive whole number of milliseconds"
+                    ))
                 })?,
         ),
         None => None,
@@ -130,6 +133,15 @@ pub async fn infer(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("multipart/form-data"));
+    // A request with more inputs than the model can ever admit at once is
+    // refused before any input is decoded (413: retrying cannot help).
+    let capacity = model.spec().realtime_queue_capacity;
+    let too_many = |n: usize| {
+        ApiError::TooLarge(format!(
+            "the request has {n} inputs; this model takes at most {capacity} per request \
+             (realtime_queue_capacity): split the request"
+        ))
+    };
     let mut inputs = Vec::new();
     let mut timeout_ms = header_timeout;
     if is_multipart {
@@ -137,6 +149,9 @@ pub async fn infer(
             .await
             .map_err(|e| ApiError::BadRequest(e.body_text()))?;
         while let Some(field) = mp.next_field().await? {
+            if inputs.len() >= capacity {
+                return Err(too_many(inputs.len() + 1));
+            }
             let is_file = field.file_name().is_some();
             let data = field.bytes().await?;
             inputs.push(match (&model.spec().processing, is_file) {
@@ -158,8 +173,14 @@ pub async fn infer(
         })?;
         let parsed: InferBody = serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}; expected {{\"inputs\": [...]}}")))?;
+        if parsed.timeout_ms == Some(0) {
+            return Err(ApiError::BadRequest("timeout_ms must be positive".into()));
+        }
         if let Some(t) = parsed.timeout_ms {
             timeout_ms = Some(timeout_ms.map_or(t, |h| h.min(t)));
+        }
+        if parsed.inputs.len() > capacity {
+            return Err(too_many(parsed.inputs.len()));
         }
         for (i, v) in parsed.inputs.into_iter().enumerate() {
             inputs.push(decode_json_input(&model.spec().processing, i, v)?);

@@ -29,6 +29,8 @@ impl From<V2Error> for Status {
         match e {
             V2Error::BadRequest(_) => Status::invalid_argument(msg),
             V2Error::NotFound(_) => Status::not_found(msg),
+            // Not RESOURCE_EXHAUSTED: that is the retryable overload answer.
+            V2Error::TooLarge(_) => Status::invalid_argument(msg),
             V2Error::Overloaded(_) => Status::resource_exhausted(msg),
             V2Error::DeadlineExceeded(_) => Status::deadline_exceeded(msg),
             V2Error::Unavailable(_) => Status::unavailable(msg),
@@ -41,21 +43,29 @@ impl From<V2Error> for Status {
 #[derive(Clone)]
 pub struct InferenceService {
     registry: Arc<Registry>,
+    max_message_bytes: usize,
 }
 
 impl InferenceService {
     /// A service answering for `registry`'s models.
     pub fn new(registry: Arc<Registry>) -> InferenceService {
-        InferenceService { registry }
+        InferenceService {
+            registry,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
     }
 
     /// The tonic server wrapper, accepting messages up to `max_message_bytes`.
-    pub fn into_server(self, max_message_bytes: usize) -> GrpcInferenceServiceServer<InferenceService> {
+    pub fn into_server(mut self, max_message_bytes: usize) -> GrpcInferenceServiceServer<InferenceService> {
+        self.max_message_bytes = max_message_bytes;
         GrpcInferenceServiceServer::new(self)
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes)
     }
 }
+
+/// tonic's own default message limit, used until [`InferenceService::into_server`] sets one.
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 << 20;
 
 /// Parses the `grpc-timeout` header ("100m", "5S", ...), which tonic clients
 /// and `tritonclient` (`client_timeout`) send as the call's deadline.
@@ -74,17 +84,19 @@ fn grpc_timeout<T>(req: &Request<T>) -> Option<Duration> {
     })
 }
 
+/// A positive whole number from a parameter; `None` for any other value.
 fn param_u64(p: &pb::InferParameter) -> Option<u64> {
     match p.parameter_choice.as_ref()? {
         ParameterChoice::Int64Param(v) => u64::try_from(*v).ok(),
         ParameterChoice::Uint64Param(v) => Some(*v),
-        ParameterChoice::DoubleParam(v) if *v >= 0.0 && v.is_finite() => {
-            // A timeout in microseconds: far below 2^53, exact in f64.
+        ParameterChoice::DoubleParam(v) if *v >= 0.0 && v.is_finite() && v.fract() == 0.0 && *v < 1.8e19 => {
+            // A timeout in microseconds, checked whole and in range above.
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             Some(*v as u64)
         }
         _ => None,
     }
+    .filter(|&v| v > 0)
 }
 
 fn from_contents(
@@ -127,7 +139,7 @@ fn from_contents(
         }
     };
     if let WireData::Bytes(b) = &data {
-        let numel: usize = shape.iter().product();
+        let numel = super::numel(name, &shape)?;
         if b.len() != numel {
             return Err(V2Error::BadRequest(format!(
                 "input '{name}': shape {shape:?} needs {numel} BYTES elements, got {}",
@@ -142,7 +154,7 @@ fn from_contents(
     })
 }
 
-fn decode(req: pb::ModelInferRequest) -> Result<super::InferRequest, V2Error> {
+fn decode(req: pb::ModelInferRequest, limits: &super::InputLimits) -> Result<super::InferRequest, V2Error> {
     let raw = req.raw_input_contents;
     if !raw.is_empty() && raw.len() != req.inputs.len() {
         return Err(V2Error::BadRequest(format!(
@@ -154,19 +166,19 @@ fn decode(req: pb::ModelInferRequest) -> Result<super::InferRequest, V2Error> {
     let mut raw = raw.into_iter();
     let mut inputs = Vec::with_capacity(req.inputs.len());
     for input in req.inputs {
-        let shape = super::parse_shape(&input.name, &input.shape)?;
+        let shape = super::parse_shape(&input.name, &input.shape, limits)?;
         let t = match raw.next() {
             Some(bytes) => super::tensor_from_raw(&input.name, &input.datatype, shape, &bytes)?,
             None => from_contents(&input.name, &input.datatype, shape, input.contents.unwrap_or_default())?,
         };
         inputs.push(t);
     }
-    let timeout = req
-        .parameters
-        .get("timeout")
-        .and_then(param_u64)
-        .filter(|&us| us > 0)
-        .map(Duration::from_micros);
+    let timeout = match req.parameters.get("timeout") {
+        None => None,
+        Some(p) => Some(param_u64(p).map(Duration::from_micros).ok_or_else(|| {
+            V2Error::BadRequest("parameters.timeout must be a positive whole number of microseconds".into())
+        })?),
+    };
     Ok(super::InferRequest {
         id: req.id,
         inputs,
@@ -240,8 +252,9 @@ impl GrpcInferenceService for InferenceService {
         let deadline = grpc_timeout(&req).map(|t| Instant::now() + t);
         let r = req.into_inner();
         let model = super::lookup(&self.registry, &r.model_name, Some(&r.model_version))?;
-        let request = decode(r)?;
-        let resp = super::infer(model, request, deadline).await?;
+        let limits = super::InputLimits::for_model(model, self.max_message_bytes);
+        let request = decode(r, &limits)?;
+        let resp = super::infer(model, request, deadline, &limits).await?;
         let raw_output_contents = resp.outputs.iter().map(super::raw_bytes).collect();
         let outputs = resp
             .outputs
@@ -292,7 +305,7 @@ mod tests {
             raw_input_contents: vec![vec![0; 4], vec![0; 4]],
             ..Default::default()
         };
-        let err = decode(req).expect_err("two raw for one input");
+        let err = decode(req, &super::super::InputLimits::default()).expect_err("two raw for one input");
         assert!(err.to_string().contains("raw_input_contents"), "{err}");
     }
 
@@ -318,7 +331,7 @@ mod tests {
             .into(),
             ..Default::default()
         };
-        let r = decode(req).expect("decodes");
+        let r = decode(req, &super::super::InputLimits::default()).expect("decodes");
         assert_eq!(r.timeout, Some(Duration::from_millis(2)));
         assert_eq!(r.inputs[0].shape, vec![1, 2]);
     }

@@ -11,6 +11,7 @@
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -51,6 +52,7 @@ impl IntoResponse for V2Error {
         let status = match self {
             V2Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             V2Error::NotFound(_) => StatusCode::NOT_FOUND,
+            V2Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             V2Error::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             V2Error::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
             V2Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -150,8 +152,9 @@ pub(crate) async fn infer(
     State(state): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, V2Error> {
+    let body = body.map_err(|r| body_error(&state, r))?;
     run(&state, &name, None, &headers, &body).await
 }
 
@@ -166,9 +169,22 @@ pub(crate) async fn infer_v(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, V2Error> {
+    let body = body.map_err(|r| body_error(&state, r))?;
     run(&state, &name, Some(&version), &headers, &body).await
+}
+
+/// A body that could not be read, as a v2 error (JSON like every other).
+fn body_error(state: &AppState, r: BytesRejection) -> V2Error {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        V2Error::TooLarge(format!(
+            "request body too large: the limit is {} bytes",
+            state.limits.max_body_bytes
+        ))
+    } else {
+        V2Error::BadRequest(format!("cannot read the request body: {}", r.body_text()))
+    }
 }
 
 #[derive(Deserialize)]
@@ -201,17 +217,25 @@ struct JsonOutput {
 }
 
 /// A parsed HTTP request: the protocol request plus which outputs go binary.
-struct Parsed {
-    request: super::InferRequest,
-    binary_all: bool,
-    binary: Vec<String>,
+#[derive(Debug)]
+pub struct Parsed {
+    /// The protocol request.
+    pub request: super::InferRequest,
+    /// `binary_data_output`: every output in binary.
+    pub binary_all: bool,
+    /// Outputs asked for in binary by name.
+    pub binary: Vec<String>,
 }
 
 fn flag(params: &Map<String, Value>, key: &str) -> bool {
     params.get(key).and_then(Value::as_bool).unwrap_or(false)
 }
 
-fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Parsed, V2Error> {
+/// Decodes a v2 HTTP inference request: JSON, or with the binary tensor data
+/// extension (the `Inference-Header-Content-Length` header) a JSON header
+/// followed by raw tensors. Shapes are checked against `limits` before any
+/// tensor is built. Public for the fuzz targets under `fuzz/`.
+pub fn parse(headers: &HeaderMap, body: &[u8], limits: &super::InputLimits) -> Result<Parsed, V2Error> {
     let header_len = match headers.get(HEADER_LENGTH) {
         Some(v) => {
             let n = v
@@ -234,8 +258,16 @@ fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Parsed, V2Error> {
         .map_err(|e| V2Error::BadRequest(format!("invalid inference request JSON: {e}")))?;
     let mut inputs = Vec::with_capacity(req.inputs.len());
     for input in req.inputs {
-        let shape = super::parse_shape(&input.name, &input.shape)?;
-        let size = input.parameters.get("binary_data_size").and_then(Value::as_u64);
+        let shape = super::parse_shape(&input.name, &input.shape, limits)?;
+        let size = match input.parameters.get("binary_data_size") {
+            None => None,
+            Some(v) => Some(v.as_u64().ok_or_else(|| {
+                V2Error::BadRequest(format!(
+                    "input '{}': binary_data_size must be a non-negative integer, got {v}",
+                    input.name
+                ))
+            })?),
+        };
         let tensor = if let Some(size) = size {
             let size = usize::try_from(size).unwrap_or(usize::MAX);
             if size > binary.len() {
@@ -262,18 +294,28 @@ fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Parsed, V2Error> {
             binary.len()
         )));
     }
-    let mut timeout = req
-        .parameters
-        .get("timeout")
-        .and_then(Value::as_u64)
-        .filter(|&us| us > 0)
-        .map(Duration::from_micros);
+    let mut timeout = match req.parameters.get("timeout") {
+        None => None,
+        Some(v) => match v.as_u64() {
+            Some(us) if us > 0 => Some(Duration::from_micros(us)),
+            _ => {
+                return Err(V2Error::BadRequest(format!(
+                    "parameters.timeout must be a positive whole number of microseconds, got {v}"
+                )))
+            }
+        },
+    };
     if let Some(v) = headers.get(TIMEOUT_HEADER) {
         let ms = v
             .to_str()
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or_else(|| V2Error::BadRequest(format!("{TIMEOUT_HEADER} must be a whole number of milliseconds")))?;
+            .filter(|&ms| ms > 0)
+            .ok_or_else(|| {
+                V2Error::BadRequest(format!(
+                    "{TIMEOUT_HEADER} must be a positive whole number of milliseconds"
+                ))
+            })?;
         let t = Duration::from_millis(ms);
         timeout = Some(timeout.map_or(t, |o| o.min(t)));
     }
@@ -307,7 +349,7 @@ fn from_json(name: &str, datatype: &str, shape: Vec<usize>, data: &Value) -> Res
         None => {
             let mut elems = Vec::new();
             collect_strings(data, &mut elems).map_err(bad)?;
-            let numel: usize = shape.iter().product();
+            let numel = super::numel(name, &shape)?;
             if elems.len() != numel {
                 return Err(bad(format!(
                     "shape {shape:?} needs {numel} elements, got {}",
@@ -346,9 +388,10 @@ async fn run(
     body: &[u8],
 ) -> Result<Response, V2Error> {
     let model = super::lookup(&state.registry, name, version)?;
-    let parsed = parse(headers, body)?;
+    let limits = super::InputLimits::for_model(model, state.limits.max_body_bytes);
+    let parsed = parse(headers, body, &limits)?;
     let started = Instant::now();
-    let resp = super::infer(model, parsed.request, None).await?;
+    let resp = super::infer(model, parsed.request, None, &limits).await?;
     tracing::debug!(model = %name, elapsed_us = started.elapsed().as_micros(), "v2 infer");
     Ok(encode(resp, parsed.binary_all, &parsed.binary))
 }
@@ -418,7 +461,7 @@ mod tests {
         body.extend(super::super::encode_bytes(&[b"abc".to_vec()]));
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_LENGTH, HeaderValue::from(head.len()));
-        let p = parse(&headers, &body).expect("parses");
+        let p = parse(&headers, &body, &super::super::InputLimits::default()).expect("parses");
         assert_eq!(p.request.inputs.len(), 2);
         assert_eq!(p.request.timeout, Some(Duration::from_millis(5)));
         let WireData::Numeric(a) = &p.request.inputs[0].data else {
@@ -435,16 +478,19 @@ mod tests {
         body.extend([0u8; 4]);
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_LENGTH, HeaderValue::from(head.len()));
-        let err = parse(&headers, &body).err().expect("refused");
+        let err = parse(&headers, &body, &super::super::InputLimits::default()).expect_err("refused");
         assert!(err.to_string().contains("no input claims"), "{err}");
     }
 
     #[test]
     fn json_bytes_must_match_the_shape() {
         let body = json!({"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a", "b"]}]});
-        let err = parse(&HeaderMap::new(), body.to_string().as_bytes())
-            .err()
-            .expect("refused");
+        let err = parse(
+            &HeaderMap::new(),
+            body.to_string().as_bytes(),
+            &super::super::InputLimits::default(),
+        )
+        .expect_err("refused");
         assert!(err.to_string().contains("needs 3 elements"), "{err}");
     }
 }

@@ -28,6 +28,7 @@ use base64::Engine as _;
 use std::time::{Duration, Instant};
 
 use sluice_core::spec::{ImagePostprocess, ProcessingSpec, RuntimeKind};
+use sluice_core::tensor::{checked_numel, ShapeLimits};
 use sluice_core::{DType, Input, ItemErrorKind, NamedTensors, Output, Tensor};
 use sluice_engine::{EngineError, Model, RealtimeOptions};
 
@@ -48,6 +49,11 @@ pub enum V2Error {
     /// Unknown model or version (404 / NOT_FOUND).
     #[error("{0}")]
     NotFound(String),
+    /// The request is larger than the server or the model can ever take:
+    /// a body over the limit, or more rows than the model's real-time
+    /// capacity (413 / INVALID_ARGUMENT; retrying cannot help, unlike 429).
+    #[error("{0}")]
+    TooLarge(String),
     /// The real-time queue is full (429 / RESOURCE_EXHAUSTED).
     #[error("{0}")]
     Overloaded(String),
@@ -184,12 +190,82 @@ pub fn parse_datatype(name: &str) -> Result<Option<DType>, V2Error> {
     }))
 }
 
-/// Parses v2 dimensions (non-negative for request tensors).
-pub fn parse_shape(name: &str, shape: &[i64]) -> Result<Vec<usize>, V2Error> {
-    shape
+/// What one request's tensors may hold. Every front end checks each input's
+/// wire shape against these before it allocates anything for the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLimits {
+    /// Most rows (the batch dimension): the model's `realtime_queue_capacity`,
+    /// since a request whose rows cannot all be admitted at once never runs.
+    pub max_rows: usize,
+    /// Rank and extent bounds of each input tensor.
+    pub shape: ShapeLimits,
+}
+
+impl Default for InputLimits {
+    /// The defaults of `model.toml` (512 rows) and of the body limit (64 MiB).
+    fn default() -> Self {
+        InputLimits {
+            max_rows: 512,
+            shape: ShapeLimits::default(),
+        }
+    }
+}
+
+impl InputLimits {
+    /// The limits for `model` behind a transport that takes at most
+    /// `max_message_bytes` per request: no tensor can carry more elements
+    /// than the message has bytes.
+    pub fn for_model(model: &Model, max_message_bytes: usize) -> InputLimits {
+        InputLimits {
+            max_rows: model.spec().realtime_queue_capacity,
+            shape: ShapeLimits {
+                max_elements: max_message_bytes.max(1),
+                ..ShapeLimits::default()
+            },
+        }
+    }
+
+    /// Refuses more rows than the model can ever admit at once.
+    pub fn check_rows(&self, what: &str, rows: usize) -> Result<(), V2Error> {
+        if rows > self.max_rows {
+            return Err(V2Error::TooLarge(format!(
+                "{what} has {rows} rows; this model takes at most {} rows per request \
+                 (realtime_queue_capacity): split the request",
+                self.max_rows
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Parses v2 dimensions (non-negative for request tensors) and checks them
+/// against `limits` with overflow-safe arithmetic: the batch dimension
+/// against the row limit, the whole shape against the rank and extent limits.
+pub fn parse_shape(name: &str, shape: &[i64], limits: &InputLimits) -> Result<Vec<usize>, V2Error> {
+    if shape.len() > limits.shape.max_rank {
+        return Err(V2Error::BadRequest(format!(
+            "input '{name}': {} dimensions; at most {} are allowed",
+            shape.len(),
+            limits.shape.max_rank
+        )));
+    }
+    let dims: Vec<usize> = shape
         .iter()
         .map(|&d| usize::try_from(d).map_err(|_| V2Error::BadRequest(format!("input '{name}': invalid dimension {d}"))))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    if let Some(&rows) = dims.first() {
+        limits.check_rows(&format!("input '{name}'"), rows)?;
+    }
+    limits
+        .shape
+        .check(&dims)
+        .map_err(|e| V2Error::BadRequest(format!("input '{name}': {e}")))?;
+    Ok(dims)
+}
+
+/// The element count of an already checked shape.
+fn numel(name: &str, shape: &[usize]) -> Result<usize, V2Error> {
+    checked_numel(shape).map_err(|e| V2Error::BadRequest(format!("input '{name}': {e}")))
 }
 
 /// Finds a ready model, checking the version when one is named.
@@ -286,7 +362,7 @@ pub fn metadata(model: &Model) -> ModelMeta {
 }
 
 /// Splits the request's inputs along the batch dimension into engine items.
-fn to_items(model: &Model, inputs: Vec<WireTensor>) -> Result<Vec<Input>, V2Error> {
+fn to_items(model: &Model, inputs: Vec<WireTensor>, limits: &InputLimits) -> Result<Vec<Input>, V2Error> {
     let spec = model.spec();
     if let Some(expected) = bytes_input(&spec.processing) {
         let [input]: [WireTensor; 1] = inputs.try_into().map_err(|v: Vec<WireTensor>| {
@@ -314,6 +390,7 @@ fn to_items(model: &Model, inputs: Vec<WireTensor>) -> Result<Vec<Input>, V2Erro
                 input.shape
             )));
         }
+        limits.check_rows(&format!("input '{expected}'"), rows.len())?;
         return rows
             .into_iter()
             .enumerate()
@@ -326,7 +403,7 @@ fn to_items(model: &Model, inputs: Vec<WireTensor>) -> Result<Vec<Input>, V2Erro
             .collect();
     }
     if let ProcessingSpec::Bytes(_) = spec.processing {
-        return bytes_items(inputs);
+        return bytes_items(inputs, limits);
     }
     // Raw tensors: every graph input by name, rows split along dimension 0.
     let sig = model.signature();
@@ -379,6 +456,9 @@ fn to_items(model: &Model, inputs: Vec<WireTensor>) -> Result<Vec<Input>, V2Erro
                 rows.unwrap_or(0)
             )));
         }
+        // Checked before splitting: `split_first` makes one tensor per row,
+        // even when the rows hold no element.
+        limits.check_rows(&format!("input '{}'", info.name), n)?;
         rows = Some(n);
         columns.push((info.name.clone(), tensor.split_first()));
     }
@@ -394,7 +474,7 @@ fn to_items(model: &Model, inputs: Vec<WireTensor>) -> Result<Vec<Input>, V2Erro
 
 /// Rows of named byte strings (OMI models): row `i` takes element `i` of
 /// every input, as a 1-D `u8` tensor; the processor checks the names.
-fn bytes_items(inputs: Vec<WireTensor>) -> Result<Vec<Input>, V2Error> {
+fn bytes_items(inputs: Vec<WireTensor>, limits: &InputLimits) -> Result<Vec<Input>, V2Error> {
     let mut rows: Option<usize> = None;
     let mut columns = Vec::with_capacity(inputs.len());
     for t in inputs {
@@ -407,6 +487,7 @@ fn bytes_items(inputs: Vec<WireTensor>) -> Result<Vec<Input>, V2Error> {
                 t.name
             )));
         }
+        limits.check_rows(&format!("input '{}'", t.name), elems.len())?;
         rows = Some(elems.len());
         columns.push((t.name, elems));
     }
@@ -530,12 +611,17 @@ fn assemble(rows: Vec<Output>, wanted: &[String]) -> Result<Vec<WireTensor>, V2E
 /// Runs a request: splits it into items, runs them in the real-time lane and
 /// reassembles the outputs. `deadline` (from a header or the transport) and
 /// the request's own `timeout` parameter both apply; the earlier wins.
-pub async fn infer(model: &Model, req: InferRequest, deadline: Option<Instant>) -> Result<InferResponse, V2Error> {
+pub async fn infer(
+    model: &Model,
+    req: InferRequest,
+    deadline: Option<Instant>,
+    limits: &InputLimits,
+) -> Result<InferResponse, V2Error> {
     let spec = model.spec();
     if req.inputs.is_empty() {
         return Err(V2Error::BadRequest("the request has no inputs".into()));
     }
-    let items = to_items(model, req.inputs)?;
+    let items = to_items(model, req.inputs, limits)?;
     if items.is_empty() {
         return Err(V2Error::BadRequest("the request's batch dimension is 0".into()));
     }
@@ -586,9 +672,20 @@ pub fn encode_bytes(elements: &[Vec<u8>]) -> Vec<u8> {
 }
 
 /// Decodes length-prefixed `BYTES` elements (see [`encode_bytes`]).
-pub fn decode_bytes(name: &str, mut raw: &[u8]) -> Result<Vec<Vec<u8>>, V2Error> {
+pub fn decode_bytes(name: &str, raw: &[u8]) -> Result<Vec<Vec<u8>>, V2Error> {
+    decode_at_most(name, raw, usize::MAX)
+}
+
+/// [`decode_bytes`], refusing more than `max` elements as soon as they show
+/// (empty elements cost 4 bytes on the wire but a whole `Vec` each).
+fn decode_at_most(name: &str, mut raw: &[u8], max: usize) -> Result<Vec<Vec<u8>>, V2Error> {
     let mut out = Vec::new();
     while !raw.is_empty() {
+        if out.len() == max {
+            return Err(V2Error::BadRequest(format!(
+                "input '{name}': more BYTES elements than its shape holds ({max})"
+            )));
+        }
         let bad = || V2Error::BadRequest(format!("input '{name}': malformed BYTES data (truncated element)"));
         let (len, rest) = raw.split_first_chunk::<4>().ok_or_else(bad)?;
         let len = usize::try_from(u32::from_le_bytes(*len)).map_err(|_| bad())?;
@@ -604,10 +701,10 @@ pub fn decode_bytes(name: &str, mut raw: &[u8]) -> Result<Vec<Vec<u8>>, V2Error>
 
 /// Builds a tensor from raw bytes (binary extension or gRPC raw contents).
 pub fn tensor_from_raw(name: &str, datatype_name: &str, shape: Vec<usize>, raw: &[u8]) -> Result<WireTensor, V2Error> {
-    let numel: usize = shape.iter().product();
+    let numel = numel(name, &shape)?;
     let data = match parse_datatype(datatype_name)? {
         None => {
-            let elems = decode_bytes(name, raw)?;
+            let elems = decode_at_most(name, raw, numel)?;
             if elems.len() != numel {
                 return Err(V2Error::BadRequest(format!(
                     "input '{name}': shape {shape:?} needs {numel} BYTES elements, got {}",
@@ -654,6 +751,14 @@ mod tests {
         raw.pop();
         let err = decode_bytes("text", &raw).expect_err("truncated");
         assert!(err.to_string().contains("input 'text'"), "{err}");
+    }
+
+    #[test]
+    fn raw_bytes_elements_beyond_the_shape_are_refused_while_decoding() {
+        let raw = encode_bytes(&vec![Vec::new(); 1000]);
+        let err = tensor_from_raw("b", "BYTES", vec![1], &raw).expect_err("1000 for 1");
+        assert!(err.to_string().contains("more BYTES elements"), "{err}");
+        assert!(tensor_from_raw("b", "BYTES", vec![1000], &raw).is_ok());
     }
 
     #[test]
