@@ -631,8 +631,8 @@ pub struct ResultsQuery {
 /// Results as NDJSON, in completion order, resumable with `cursor`; readable
 /// while the job runs (`wait=true` follows it to the end).
 #[utoipa::path(get, path = "/v1/jobs/{id}/results", operation_id = "job_results", params(("id" = String, Path, description = "Job id"), ResultsQuery),
-    responses((status = 200, body = ResultLine, content_type = "application/x-ndjson"), (status = 404, body = ErrorBody),
-              (status = 503, description = "The job store cannot take the request now", body = ErrorBody)))]
+    responses((status = 200, body = ResultLine, content_type = "application/x-ndjson"), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 503, description = "The job store cannot take the request now", body = ErrorBody)))]
 pub async fn results(
     State(state): State<AppState>,
     Path(id): Path<String>,
