@@ -319,36 +319,9 @@ fn signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill {signal} {pid} failed");
 }
 
-/// Processes started by this test process whose environment names `state`
-/// (this fixture's worker state folder): the workers of this test only,
-/// from the moment they exist (before they answer `Status`).
+/// Worker processes of this test (their environment names `state`, the fixture's state folder).
 fn children_of_fixture(state: &std::path::Path) -> Vec<u32> {
-    let me = std::process::id();
-    let needle = format!("TEST_WORKER_STATE={}", state.display());
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid ...": the fields after the last ')'.
-        let mut rest = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r)
-            .unwrap_or_default()
-            .split_whitespace();
-        let (state_char, ppid) = (rest.next(), rest.next().and_then(|p| p.parse::<u32>().ok()));
-        if ppid != Some(me) || state_char == Some("Z") {
-            continue;
-        }
-        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        if environ.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()) {
-            out.push(pid);
-        }
-    }
-    out
+    sluice_omi::test_util::children_with_env(&format!("TEST_WORKER_STATE={}", state.display()))
 }
 
 /// Issue 10, finding 6: a worker killed while it runs a batch, and its replacement killed again

@@ -24,6 +24,8 @@
 //! then on, without reaching a worker), so one bad input cannot take the
 //! fleet down over and over.
 
+#[cfg(feature = "test-util")]
+pub mod test_util;
 mod worker;
 
 use std::collections::hash_map::DefaultHasher;

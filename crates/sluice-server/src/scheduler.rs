@@ -407,14 +407,14 @@ async fn releaser(mut rx: mpsc::Receiver<Completion>, permits: Arc<Semaphore>, o
     }
 }
 
-async fn writer(store: Arc<dyn Store>, rx: mpsc::Receiver<Completion>, permits: Arc<Semaphore>, cfg: SchedulerConfig) {
-    let (tx, mut rx) = {
-        let (tx, released) = mpsc::channel::<Completion>(cfg.record_batch.max(1) * 4);
-        tokio::spawn(releaser(rx, permits, tx.clone()));
-        (tx, released)
-    };
-    // Only the releaser sends; dropping ours lets `rx` end when it does.
-    drop(tx);
+async fn writer(
+    store: Arc<dyn Store>,
+    completions: mpsc::Receiver<Completion>,
+    permits: Arc<Semaphore>,
+    cfg: SchedulerConfig,
+) {
+    let (tx, mut rx) = mpsc::channel::<Completion>(cfg.record_batch.max(1) * 4);
+    tokio::spawn(releaser(completions, permits, tx));
     let mut batch: Vec<Recorded> = Vec::with_capacity(cfg.record_batch);
     loop {
         let first = rx.recv().await;
