@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
+use sluice_jobs::JobsError;
 use sluice_store::StoreError;
 use utoipa::ToSchema;
 
@@ -139,6 +140,23 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %other, class = other.failure_class().unwrap_or("database"), "job store failure");
                 ApiError::StoreUnavailable(STORE_UNAVAILABLE.into())
             }
+        }
+    }
+}
+
+/// The one mapping of the jobs runtime's errors to HTTP: a refused request
+/// keeps its message; a store failure maps as [`StoreError`] does (a generic
+/// 503 with `Retry-After` when the store cannot write).
+impl From<JobsError> for ApiError {
+    fn from(e: JobsError) -> Self {
+        match e {
+            JobsError::Invalid(m) => ApiError::BadRequest(m),
+            JobsError::NotFound(m) => ApiError::NotFound(m),
+            JobsError::ModelUnavailable(m) => ApiError::Unavailable(m),
+            JobsError::Forbidden(m) => ApiError::Forbidden(m),
+            JobsError::Conflict(m) => ApiError::Conflict(m),
+            JobsError::TooLarge(m) => ApiError::TooLarge(m),
+            JobsError::Store(e) => ApiError::from(e),
         }
     }
 }

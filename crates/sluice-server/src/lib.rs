@@ -6,11 +6,11 @@
 
 pub mod api;
 pub mod error;
-pub mod ingest;
 pub mod metrics;
-pub mod registry;
-pub mod scheduler;
 pub mod v2;
+
+// The jobs runtime lives in `sluice-jobs`; these paths stay for callers.
+pub use sluice_jobs::{ingest, registry, scheduler};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,29 +25,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tower_http::LatencyUnit;
 
 pub use error::ApiError;
-pub use registry::Registry;
-pub use scheduler::{Scheduler, SchedulerConfig};
-
-/// Limits on what one request may carry.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Largest request body in bytes.
-    pub max_body_bytes: usize,
-    /// Largest single input in bytes.
-    pub max_input_bytes: usize,
-    /// Most inputs in one job.
-    pub max_inputs_per_job: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_body_bytes: 64 << 20,
-            max_input_bytes: 16 << 20,
-            max_inputs_per_job: 50_000_000,
-        }
-    }
-}
+pub use sluice_jobs::{Jobs, JobsError, Limits, Registry, Scheduler, SchedulerConfig, ShutdownSignal};
 
 /// Server configuration.
 #[derive(Debug, Clone)]
@@ -88,33 +66,17 @@ pub struct AppState {
     pub shutdown: ShutdownSignal,
 }
 
-/// A shutdown signal shared by every part of the server that must stop
-/// early: set once, seen by all clones.
-#[derive(Debug, Clone)]
-pub struct ShutdownSignal(Arc<tokio::sync::watch::Sender<bool>>);
-
-impl Default for ShutdownSignal {
-    fn default() -> Self {
-        ShutdownSignal(Arc::new(tokio::sync::watch::Sender::new(false)))
-    }
-}
-
-impl ShutdownSignal {
-    /// Sets the signal.
-    pub fn trigger(&self) {
-        self.0.send_replace(true);
-    }
-
-    /// Whether the signal is set.
-    pub fn is_set(&self) -> bool {
-        *self.0.borrow()
-    }
-
-    /// Resolves once the signal is set.
-    pub async fn wait(&self) {
-        let mut rx = self.0.subscribe();
-        // The sender lives as long as `self`: `wait_for` cannot fail here.
-        let _ = rx.wait_for(|set| *set).await;
+impl AppState {
+    /// The jobs service over this state's store, models and scheduler.
+    pub fn jobs(&self) -> Jobs {
+        Jobs::new(
+            self.store.clone(),
+            self.registry.clone(),
+            self.scheduler.clone(),
+            self.source_roots.clone(),
+            self.limits.clone(),
+            self.shutdown.clone(),
+        )
     }
 }
 
@@ -199,30 +161,6 @@ pub fn spawn_store_probe(store: Arc<dyn Store>, every: Duration, stop: ShutdownS
     })
 }
 
-/// Settles jobs whose creation a crash interrupted. An inline job is created
-/// with all its inputs and closed in one transaction, so none is left unclosed
-/// (a database written by an older version may hold one: with inputs, they came
-/// in one transaction and it is closed; without, its creation was cut short and
-/// it is canceled, never reported complete). A `source` job whose file was only
-/// partly read is canceled rather than run on part of its inputs (resubmit it).
-async fn recover_unclosed(store: &dyn Store) {
-    let Ok(active) = store.active_jobs().await else { return };
-    for job in active.into_iter().filter(|j| !j.open && !j.closed) {
-        let outcome = if job.source.is_some() {
-            tracing::warn!(job = %job.id, "reading the job's source was interrupted by a restart; canceling it");
-            store.cancel_job(&job.id).await
-        } else if job.total == 0 {
-            tracing::warn!(job = %job.id, "the job's creation was interrupted before its inputs were stored; canceling it");
-            store.cancel_job(&job.id).await
-        } else {
-            store.close_job(&job.id).await
-        };
-        if let Err(e) = outcome {
-            tracing::error!(job = %job.id, error = %e, "cannot settle an interrupted job");
-        }
-    }
-}
-
 /// Loads everything, serves until `shutdown` resolves, then drains.
 pub async fn serve(
     cfg: ServerConfig,
@@ -239,7 +177,7 @@ pub async fn serve(
         path: cfg.models.clone(),
         source,
     })?);
-    recover_unclosed(store.as_ref()).await;
+    sluice_jobs::recover_unclosed(store.as_ref()).await;
     let scheduler = Scheduler::start(store.clone(), &registry, cfg.scheduler.clone());
     let roots = cfg
         .source_roots

@@ -1,5 +1,7 @@
 //! The jobs API: create (inline, from a server-side source, or open for
-//! uploads), add inputs, close, follow, read results, cancel.
+//! uploads), add inputs, close, follow, read results, cancel. The job
+//! lifecycle is [`sluice_jobs::Jobs`]; these handlers parse requests, build
+//! responses and map errors.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -13,7 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::{Error as _, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
-use sluice_store::{InputValue, ItemResult, Job, JobFilter, JobStatus, NewJob};
+use sluice_jobs::NewJobRequest;
+use sluice_store::{InputValue, ItemResult, Job, JobFilter, JobStatus};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ErrorBody};
@@ -222,47 +225,6 @@ impl From<Job> for JobView {
     }
 }
 
-fn check_model(state: &AppState, model: &str, version: Option<&str>) -> Result<(), ApiError> {
-    let Some(m) = state.registry.get(model) else {
-        if let Some(err) = state.registry.failure(model) {
-            return Err(ApiError::Unavailable(format!("model '{model}' failed to load: {err}")));
-        }
-        let names: Vec<&String> = state.registry.entries().keys().collect();
-        return Err(ApiError::NotFound(format!(
-            "model '{model}' not found; models: {names:?}"
-        )));
-    };
-    if let Some(v) = version {
-        if v != m.spec().version {
-            return Err(ApiError::NotFound(format!(
-                "model '{model}' version '{v}' not found; served version: '{}'",
-                m.spec().version
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn check_inputs(state: &AppState, items: &[(String, InputValue)], existing: u64) -> Result<(), ApiError> {
-    let max = state.limits.max_inputs_per_job;
-    if existing + items.len() as u64 > max {
-        return Err(ApiError::TooLarge(format!("a job holds at most {max} inputs")));
-    }
-    for (key, v) in items {
-        if key.is_empty() {
-            return Err(ApiError::BadRequest("input keys must not be empty".into()));
-        }
-        let size = ingest::input_size(v);
-        if size > state.limits.max_input_bytes {
-            return Err(ApiError::TooLarge(format!(
-                "input '{key}' is {size} bytes; the limit is {} bytes",
-                state.limits.max_input_bytes
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// Create a job.
 #[utoipa::path(post, path = "/v1/jobs", operation_id = "create_job", request_body = CreateJob,
     responses((status = 201, body = JobView, description = "The job; `Location` is its URL",
@@ -276,63 +238,19 @@ fn check_inputs(state: &AppState, items: &[(String, InputValue)], existing: u64)
               (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
               (status = 503, description = "The job store cannot write now (see /readyz); retry after `Retry-After` seconds", body = ErrorBody)))]
 pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<CreateJob>) -> Result<Response, ApiError> {
-    check_model(&state, &req.model, req.version.as_deref())?;
-    let modes = usize::from(req.inputs.is_some()) + usize::from(req.source.is_some()) + usize::from(req.open);
-    if modes != 1 {
-        return Err(ApiError::BadRequest(
-            "give exactly one of 'inputs', 'source' or 'open': true".into(),
-        ));
-    }
-    if !(0..=9).contains(&req.priority) {
-        return Err(ApiError::BadRequest("priority must be between 0 and 9".into()));
-    }
-    if req.timeout_ms == Some(0) {
-        return Err(ApiError::BadRequest("timeout_ms must be positive".into()));
-    }
-    let inline = match req.inputs {
-        Some(InlineInputs(entries)) => {
-            if entries.is_empty() {
-                return Err(ApiError::BadRequest("'inputs' is empty".into()));
-            }
-            let mut items = Vec::with_capacity(entries.len());
-            for (k, v) in entries {
-                let value =
-                    ingest::value_from_json(v).map_err(|e| ApiError::BadRequest(format!("input '{k}': {e}")))?;
-                items.push((k, value));
-            }
-            check_inputs(&state, &items, 0)?;
-            Some(items)
-        }
-        None => None,
-    };
-    let source = match &req.source {
-        Some(s) => Some(ingest::resolve_source(s, &state.source_roots)?),
-        None => None,
-    };
-    let new = NewJob {
-        model: req.model.clone(),
-        version: req.version,
-        priority: req.priority,
-        tags: req.tags,
-        timeout_ms: req.timeout_ms,
-        open: req.open,
-        source: req.source,
-    };
-    let job = if let Some(items) = inline {
-        // One transaction: the job appears with all its inputs, closed, or not at all.
-        let job = state
-            .store
-            .create_job_with_inputs(new, items, state.limits.max_inputs_per_job)
-            .await?;
-        state.scheduler.notify(&job.model);
-        job
-    } else {
-        let job = state.store.create_job(new).await?;
-        if let Some(path) = source {
-            spawn_source_ingest(state.clone(), job.id.clone(), job.model.clone(), path);
-        }
-        job
-    };
+    let job = state
+        .jobs()
+        .create(NewJobRequest {
+            model: req.model,
+            version: req.version,
+            inputs: req.inputs.map(|InlineInputs(entries)| entries),
+            source: req.source,
+            open: req.open,
+            timeout_ms: req.timeout_ms,
+            priority: req.priority,
+            tags: req.tags,
+        })
+        .await?;
     let location = format!("/v1/jobs/{}", job.id);
     Ok((
         StatusCode::CREATED,
@@ -340,57 +258,6 @@ pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<CreateJ
         Json(JobView::from(job)),
     )
         .into_response())
-}
-
-/// Why source ingestion stopped early when the server shuts down.
-const SHUTTING_DOWN: &str = "the server is shutting down";
-
-fn spawn_source_ingest(state: AppState, job_id: String, model: String, path: std::path::PathBuf) {
-    let handle = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        let store = state.store.clone();
-        let max_input = state.limits.max_input_bytes;
-        let max_inputs = state.limits.max_inputs_per_job;
-        let roots = state.source_roots.clone();
-        let result = ingest::read_source(&path, &roots, 1000, max_input, |chunk| {
-            if state.shutdown.is_set() {
-                return Err(SHUTTING_DOWN.to_string());
-            }
-            handle
-                .block_on(store.add_inputs_within(&job_id, chunk, max_inputs))
-                .map_err(|e| e.to_string())?;
-            state.scheduler.notify(&model);
-            Ok(())
-        });
-        if state.shutdown.is_set() && result.as_ref().is_err_and(|e| e == SHUTTING_DOWN) {
-            // Left unclosed: settled at the next start like any interrupted read.
-            tracing::info!(job = %job_id, "source ingestion stopped by the shutdown");
-            return;
-        }
-        let settled = match &result {
-            Ok(n) => {
-                tracing::info!(job = %job_id, inputs = n, source = %path.display(), "source ingested");
-                handle.block_on(store.close_job(&job_id))
-            }
-            Err(e) => {
-                // As after a restart (`recover_unclosed`): a source that could not be read to the end
-                // is canceled rather than run, and reported COMPLETED, on part of its inputs.
-                tracing::error!(
-                    job = %job_id, error = %e, source = %path.display(),
-                    "source ingestion stopped; canceling the job"
-                );
-                let canceled = handle.block_on(store.cancel_job(&job_id));
-                if let Ok(job) = &canceled {
-                    state.scheduler.cancel(job);
-                }
-                canceled
-            }
-        };
-        if let Err(e) = settled {
-            tracing::error!(job = %job_id, error = %e, "cannot settle job after ingestion");
-        }
-        state.scheduler.notify(&model);
-    });
 }
 
 /// Inputs added by an upload.
@@ -415,16 +282,8 @@ pub async fn add_inputs(
     Path(id): Path<String>,
     req: Request,
 ) -> Result<Json<Added>, ApiError> {
-    let job = state
-        .store
-        .get_job(&id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("job '{id}' not found")))?;
-    if !job.open || job.closed {
-        return Err(ApiError::Conflict(format!(
-            "job '{id}' does not take inputs: create it with \"open\": true and upload before closing it"
-        )));
-    }
+    let jobs = state.jobs();
+    let job = jobs.open_for_inputs(&id).await?;
     let is_multipart = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -459,21 +318,7 @@ pub async fn add_inputs(
             items.push(ingest::record_from_json(line, offset + i + 1).map_err(ApiError::BadRequest)?);
         }
     }
-    if items.is_empty() {
-        return Err(ApiError::BadRequest("no inputs in the request".into()));
-    }
-    check_inputs(&state, &items, job.total)?;
-    // The store checks the bound again in the insert's transaction: concurrent
-    // uploads cannot together take the job past it.
-    let added = state
-        .store
-        .add_inputs_within(&id, items, state.limits.max_inputs_per_job)
-        .await?;
-    state.scheduler.notify(&job.model);
-    let total = match state.store.get_job(&id).await {
-        Ok(Some(now)) => now.total,
-        _ => job.total + added,
-    };
+    let (added, total) = jobs.add_inputs(&job, items).await?;
     Ok(Json(Added { added, total }))
 }
 
@@ -482,9 +327,7 @@ pub async fn add_inputs(
     responses((status = 200, body = JobView), (status = 404, body = ErrorBody),
               (status = 503, description = "The job store cannot take the request now", body = ErrorBody)))]
 pub async fn close(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
-    let job = state.store.close_job(&id).await?;
-    state.scheduler.notify(&job.model);
-    Ok(Json(job.into()))
+    Ok(Json(state.jobs().close(&id).await?.into()))
 }
 
 /// A job's status, counts, timings, rate and ETA.
@@ -492,12 +335,7 @@ pub async fn close(State(state): State<AppState>, Path(id): Path<String>) -> Res
     responses((status = 200, body = JobView), (status = 404, body = ErrorBody),
               (status = 503, description = "The job store cannot take the request now", body = ErrorBody)))]
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
-    let job = state
-        .store
-        .get_job(&id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("job '{id}' not found")))?;
-    Ok(Json(job.into()))
+    Ok(Json(state.jobs().get(&id).await?.into()))
 }
 
 /// Cancel a job: items not yet run are dropped; a running batch finishes.
@@ -505,9 +343,7 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Resul
     responses((status = 200, body = JobView), (status = 404, body = ErrorBody),
               (status = 503, description = "The job store cannot take the request now", body = ErrorBody)))]
 pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
-    let job = state.store.cancel_job(&id).await?;
-    state.scheduler.cancel(&job);
-    Ok(Json(job.into()))
+    Ok(Json(state.jobs().cancel(&id).await?.into()))
 }
 
 /// `GET /v1/jobs` query.
@@ -639,11 +475,7 @@ pub async fn results(
     q: Result<Query<ResultsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q?;
-    let job = state
-        .store
-        .get_job(&id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("job '{id}' not found")))?;
+    let job = state.jobs().get(&id).await?;
     let store = state.store.clone();
     let shutdown = state.shutdown.clone();
     let page = 1000u64;

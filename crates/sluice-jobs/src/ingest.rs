@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use sluice_store::InputValue;
 
-use crate::error::ApiError;
+use crate::error::JobsError;
 
 /// Parses one input value.
 pub fn value_from_json(v: serde_json::Value) -> Result<InputValue, String> {
@@ -74,20 +74,20 @@ pub fn record_from_json(line: &str, n: usize) -> Result<(String, InputValue), St
 }
 
 /// Resolves a `source` path, allowing only paths under the configured roots.
-pub fn resolve_source(path: &str, roots: &[PathBuf]) -> Result<PathBuf, ApiError> {
+pub fn resolve_source(path: &str, roots: &[PathBuf]) -> Result<PathBuf, JobsError> {
     if roots.is_empty() {
-        return Err(ApiError::Forbidden(
+        return Err(JobsError::Forbidden(
             "server-side sources are disabled: start the server with --source-root DIR".into(),
         ));
     }
     let p = Path::new(path);
     let canonical = p
         .canonicalize()
-        .map_err(|_| ApiError::Forbidden(format!("source {path} is not under an allowed root")))?;
+        .map_err(|_| JobsError::Forbidden(format!("source {path} is not under an allowed root")))?;
     if roots.iter().any(|r| canonical.starts_with(r)) {
         Ok(canonical)
     } else {
-        Err(ApiError::Forbidden(format!(
+        Err(JobsError::Forbidden(format!(
             "source {path} is not under an allowed root"
         )))
     }
