@@ -42,7 +42,7 @@ pub struct RunArgs {
 /// Output line for one item: `{"id", "output"}` or `{"id", "error": {"code", "message"}}`.
 #[derive(serde::Serialize)]
 pub struct ResultLine<'a> {
-    id: &'a str,
+    id: &'a sluice_core::ItemId,
     #[serde(skip_serializing_if = "Option::is_none")]
     output: Option<&'a sluice_core::Output>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -112,7 +112,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             Err(message) => {
                 let c = Completion {
-                    id: item.id,
+                    id: item.id.into(),
                     result: Err(ItemError::new(ItemErrorKind::InvalidInput, message)),
                     queue_time: std::time::Duration::ZERO,
                     run_time: std::time::Duration::ZERO,

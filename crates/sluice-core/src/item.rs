@@ -1,12 +1,68 @@
 //! Work items: what users send in and what they get back, one result per input id.
 
+use std::fmt;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::ItemError;
 use crate::tensor::NamedTensors;
 
 /// Identifies an input within its job or run; results are matched back by it.
-pub type ItemId = String;
+///
+/// It travels with the item through the engine unchanged, so whoever
+/// submitted the item gets its own typed identity back in the completion
+/// instead of a string it would have to parse.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ItemId {
+    /// An input of a run or a request, by its key (a line's id, a file name, a row index).
+    Key(String),
+    /// An input of a durable job: the job's id and the input's sequence number in it.
+    Job {
+        /// The job's id.
+        job: Arc<str>,
+        /// The input's sequence number within the job.
+        seq: i64,
+    },
+}
+
+impl ItemId {
+    /// The key of a [`ItemId::Key`]; `None` for a job item.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ItemId::Key(k) => Some(k),
+            ItemId::Job { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for ItemId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ItemId::Key(k) => f.write_str(k),
+            ItemId::Job { job, seq } => write!(f, "{job}/{seq}"),
+        }
+    }
+}
+
+/// Serialised as its display form: the key, or `job/seq`.
+impl Serialize for ItemId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl From<String> for ItemId {
+    fn from(key: String) -> Self {
+        ItemId::Key(key)
+    }
+}
+
+impl From<&str> for ItemId {
+    fn from(key: &str) -> Self {
+        ItemId::Key(key.to_string())
+    }
+}
 
 /// One raw input, before model-specific pre-processing.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,3 +132,26 @@ pub enum Output {
 
 /// The outcome for one item: exactly one of these per input id.
 pub type ItemResult = Result<Output, ItemError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_ids_keep_their_type_and_show_as_before() {
+        let job = ItemId::Job {
+            job: Arc::from("7f3a"),
+            seq: 42,
+        };
+        let key = ItemId::from("photo.jpg");
+        assert_eq!(job.to_string(), "7f3a/42");
+        assert_eq!(key.to_string(), "photo.jpg");
+        assert_eq!(key.key(), Some("photo.jpg"));
+        assert_eq!(job.key(), None);
+        // A key that looks like a job tag stays a key: nothing is parsed back.
+        let lookalike = ItemId::from("7f3a/42");
+        assert_ne!(lookalike, job);
+        assert_eq!(lookalike.key(), Some("7f3a/42"));
+        assert_eq!(serde_json::to_value(&job).ok(), Some(serde_json::json!("7f3a/42")));
+    }
+}

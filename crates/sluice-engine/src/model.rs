@@ -226,20 +226,20 @@ impl Model {
     }
 
     /// Queues a raw item; waits while the pre-processing queue is full.
-    pub async fn submit(&self, id: ItemId, input: Input, reply: Reply) -> Result<(), EngineError> {
+    pub async fn submit(&self, id: impl Into<ItemId>, input: Input, reply: Reply) -> Result<(), EngineError> {
         self.submit_with(id, input, reply, SubmitOptions::default()).await
     }
 
     /// Queues a raw item with options (cancellation).
     pub async fn submit_with(
         &self,
-        id: ItemId,
+        id: impl Into<ItemId>,
         input: Input,
         reply: Reply,
         opts: SubmitOptions,
     ) -> Result<(), EngineError> {
         let req = Request {
-            id,
+            id: id.into(),
             input,
             reply,
             submitted: Instant::now(),
@@ -253,7 +253,12 @@ impl Model {
     }
 
     /// Queues an already pre-processed item straight to the batcher.
-    pub async fn submit_prepared(&self, id: ItemId, prepared: Prepared, reply: Reply) -> Result<(), EngineError> {
+    pub async fn submit_prepared(
+        &self,
+        id: impl Into<ItemId>,
+        prepared: Prepared,
+        reply: Reply,
+    ) -> Result<(), EngineError> {
         self.submit_prepared_with(id, prepared, reply, SubmitOptions::default())
             .await
     }
@@ -261,7 +266,7 @@ impl Model {
     /// Queues an already pre-processed item with options (cancellation).
     pub async fn submit_prepared_with(
         &self,
-        id: ItemId,
+        id: impl Into<ItemId>,
         prepared: Prepared,
         reply: Reply,
         opts: SubmitOptions,
@@ -271,7 +276,7 @@ impl Model {
         }
         let now = Instant::now();
         let q = Queued {
-            id,
+            id: id.into(),
             prepared,
             reply,
             submitted: now,
@@ -288,7 +293,8 @@ impl Model {
     }
 
     /// Runs one item and waits for its result.
-    pub async fn infer(&self, id: ItemId, input: Input) -> Completion {
+    pub async fn infer(&self, id: impl Into<ItemId>, input: Input) -> Completion {
+        let id: ItemId = id.into();
         let (tx, rx) = oneshot::channel();
         let fail = |id: ItemId, message: String| Completion {
             id,
@@ -364,7 +370,7 @@ impl Model {
         let mut permits = Some(permits);
         let mut waiting = Vec::with_capacity(n);
         for (i, outcome) in prepared.into_iter().enumerate() {
-            let id = i.to_string();
+            let id = ItemId::Key(i.to_string());
             let (tx, rx) = oneshot::channel();
             match outcome {
                 Ok(prepared) => {
@@ -391,7 +397,7 @@ impl Model {
         drop(permits);
         let mut out = Vec::with_capacity(n);
         let failed = |i: usize, kind: ItemErrorKind, message: &str| Completion {
-            id: i.to_string(),
+            id: ItemId::Key(i.to_string()),
             result: Err(ItemError::new(kind, message)),
             queue_time: submitted.elapsed(),
             run_time: Duration::ZERO,

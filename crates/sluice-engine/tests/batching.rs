@@ -342,7 +342,7 @@ async fn canceled_items_waiting_behind_a_busy_instance_complete_as_canceled_with
     // The first item holds the only instance busy.
     model
         .submit(
-            "sleeper".into(),
+            "sleeper",
             Input::Json(json!([SLEEP_CUE, 0.0, 0.0, 0.0])),
             Reply::Stream(tx.clone()),
         )
@@ -435,7 +435,7 @@ async fn close_refuses_new_items_and_join_returns_after_every_completion_was_del
     }
     model.close();
     let refused = model
-        .submit("late".into(), Input::Json(json!(inputs[0])), Reply::Stream(tx.clone()))
+        .submit("late", Input::Json(json!(inputs[0])), Reply::Stream(tx.clone()))
         .await;
     assert!(matches!(refused, Err(EngineError::Closed(_))), "{refused:?}");
     let late = Prepared {
@@ -443,11 +443,9 @@ async fn close_refuses_new_items_and_join_returns_after_every_completion_was_del
         len: 1,
         meta: Meta::None,
     };
-    let refused = model
-        .submit_prepared("late2".into(), late, Reply::Stream(tx.clone()))
-        .await;
+    let refused = model.submit_prepared("late2", late, Reply::Stream(tx.clone())).await;
     assert!(matches!(refused, Err(EngineError::Closed(_))), "{refused:?}");
-    let c = model.infer("late3".into(), Input::Json(json!(inputs[0]))).await;
+    let c = model.infer("late3", Input::Json(json!(inputs[0]))).await;
     assert_failed(&c, ItemErrorKind::Unavailable, "closed");
     drop(tx);
 
@@ -457,7 +455,7 @@ async fn close_refuses_new_items_and_join_returns_after_every_completion_was_del
     loop {
         match rx.try_recv() {
             Ok(c) => {
-                let id = c.id.clone();
+                let id = c.id.to_string();
                 assert!(seen.insert(id.clone(), c).is_none(), "{id} completed twice");
             }
             Err(mpsc::error::TryRecvError::Disconnected) => break,

@@ -106,7 +106,7 @@ async fn run_all(model: &Model, texts: &[&str]) -> HashMap<String, Completion> {
     drop(tx);
     let mut out = HashMap::new();
     while let Some(c) = rx.recv().await {
-        assert!(out.insert(c.id.clone(), c).is_none(), "an id came back twice");
+        assert!(out.insert(c.id.to_string(), c).is_none(), "an id came back twice");
     }
     assert_eq!(out.len(), texts.len(), "every item completes once");
     out
@@ -301,7 +301,7 @@ async fn mlp_omi_starts_from_a_relative_models_path() {
     assert!(spec.dir.is_relative());
     let (model, backend) = start(&spec).await;
     let row: Vec<u8> = (0..512).flat_map(|i| (i as f32 / 512.0).to_le_bytes()).collect();
-    let c = model.infer("row".into(), Input::Bytes(row)).await;
+    let c = model.infer("row", Input::Bytes(row)).await;
     let out = files(&c);
     assert!(out.contains_key("output"), "{out:?}");
     let pids = backend.worker_pids();
@@ -439,7 +439,7 @@ async fn realtime_deadline_is_kept_while_the_worker_is_stopped() {
     signal(pid, "-STOP");
     let (tx, mut rx) = mpsc::channel(4);
     model
-        .submit("bulk".into(), Input::Text("bulk".into()), Reply::Stream(tx))
+        .submit("bulk", Input::Text("bulk".into()), Reply::Stream(tx))
         .await
         .expect("submit");
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -116,7 +116,7 @@ fn ran(log: &Log) -> Vec<Vec<f32>> {
 async fn hold_instance(model: &Model, log: &Log) -> mpsc::Receiver<Completion> {
     let (tx, rx) = mpsc::channel(16);
     model
-        .submit("slow".into(), item(SLOW), Reply::Stream(tx))
+        .submit("slow", item(SLOW), Reply::Stream(tx))
         .await
         .expect("submit");
     let t0 = Instant::now();

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
-use sluice_core::{Input, ItemErrorKind};
+use sluice_core::{Input, ItemErrorKind, ItemId};
 use sluice_engine::{CancelFlag, Completion, Model, Reply, SubmitOptions};
 use sluice_store::{Completion as Recorded, InputValue, ItemRow, ItemState, Job, Store};
 use tokio::sync::{mpsc, Notify, Semaphore};
@@ -196,6 +196,8 @@ impl Scheduler {
 
 struct Cursor {
     job: Job,
+    /// The job's id as items carry it (shared by all of them).
+    tag: Arc<str>,
     after: Option<i64>,
     buf: VecDeque<ItemRow>,
     exhausted: bool,
@@ -258,6 +260,7 @@ async fn feeder(
                         } else {
                             let cancel = sched.flag(&j.id);
                             jobs.push(Cursor {
+                                tag: Arc::from(j.id.as_str()),
                                 job: j,
                                 after: None,
                                 buf: VecDeque::new(),
@@ -316,7 +319,10 @@ async fn feeder(
                 let opts = SubmitOptions {
                     cancel: Some(c.cancel.clone()),
                 };
-                let id = format!("{}/{}", row.job_id, row.seq);
+                let id = ItemId::Job {
+                    job: c.tag.clone(),
+                    seq: row.seq,
+                };
                 match to_input(row.input) {
                     Ok(input) => {
                         if model
@@ -355,8 +361,10 @@ async fn feeder(
 }
 
 fn to_recorded(c: &Completion) -> Option<Recorded> {
-    let (job_id, seq) = c.id.rsplit_once('/')?;
-    let seq: i64 = seq.parse().ok()?;
+    let ItemId::Job { job, seq } = &c.id else {
+        return None;
+    };
+    let (job_id, seq) = (job.as_ref(), *seq);
     let per_item_model = if c.batch_size > 0 {
         c.run_time.as_secs_f64() * 1e3 / c.batch_size as f64
     } else {

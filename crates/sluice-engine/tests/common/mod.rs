@@ -136,7 +136,7 @@ pub async fn start_model(spec: ModelSpec, backend: Arc<dyn Backend>) -> Model {
 pub async fn collect(mut rx: mpsc::Receiver<Completion>) -> HashMap<String, Completion> {
     let mut out = HashMap::new();
     while let Some(c) = rx.recv().await {
-        let id = c.id.clone();
+        let id = c.id.to_string();
         assert!(out.insert(id.clone(), c).is_none(), "id {id} completed twice");
     }
     out
