@@ -326,14 +326,20 @@ fn models_list_shows_the_repository_and_inspect_shows_the_graph_inputs() {
     );
 }
 
+/// A copy of models/noop named `name` under `dir`, with `line` added after its `max_batch_size`.
+fn noop_with(dir: &Path, name: &str, line: &str) -> PathBuf {
+    let model = dir.join(name);
+    std::fs::create_dir(&model).expect("mkdir");
+    let toml = std::fs::read_to_string(repo_root().join("models/noop/model.toml")).expect("noop model.toml");
+    let toml = toml.replace("max_batch_size = 64", &format!("max_batch_size = 64\n{line}"));
+    std::fs::write(model.join("model.toml"), toml).expect("write model.toml");
+    model
+}
+
 #[test]
 fn unknown_key_in_model_toml_is_named_and_fails() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let model = dir.path().join("typo");
-    std::fs::create_dir(&model).expect("mkdir");
-    let toml = std::fs::read_to_string(repo_root().join("models/noop/model.toml")).expect("noop model.toml");
-    let toml = toml.replace("max_batch_size = 64", "max_batch_size = 64\nmax_batch_sise = 8");
-    std::fs::write(model.join("model.toml"), toml).expect("write model.toml");
+    let model = noop_with(dir.path(), "typo", "max_batch_sise = 8");
     let o = sluice(&["models", "inspect", path_str(&model)]);
     assert_failure(&o);
     assert!(stderr(&o).contains("max_batch_sise"), "{}", stderr(&o));
@@ -348,11 +354,7 @@ fn unknown_key_in_model_toml_is_named_and_fails() {
 #[test]
 fn command_line_overrides_go_through_the_model_toml_validation() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let model = dir.path().join("windowed");
-    std::fs::create_dir(&model).expect("mkdir");
-    let toml = std::fs::read_to_string(repo_root().join("models/noop/model.toml")).expect("noop model.toml");
-    let toml = toml.replace("max_batch_size = 64", "max_batch_size = 64\nbatch_window = 64");
-    std::fs::write(model.join("model.toml"), toml).expect("write model.toml");
+    let model = noop_with(dir.path(), "windowed", "batch_window = 64");
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, "[1.0, 2.0]\n").expect("write");
     let run = |flags: &[&str]| {
