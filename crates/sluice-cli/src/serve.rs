@@ -5,6 +5,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use sluice_server::Role;
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse().map_err(|e: sluice_jobs::node::UnknownRole| e.to_string())
+}
 
 /// Arguments of `sluice serve`.
 #[derive(Args, Debug)]
@@ -12,9 +17,26 @@ pub struct ServeArgs {
     /// Model repository (a folder of model folders with model.toml).
     #[arg(long, env = "SLUICE_MODELS", default_value = "models")]
     models: PathBuf,
-    /// Where jobs, inputs and results are stored (SQLite).
+    /// Where jobs, inputs and results are stored when --store is not given
+    /// (SQLite, `sluice.db` in this folder: a single node).
     #[arg(long, env = "SLUICE_DATA_DIR", default_value = "sluice-data")]
     data_dir: PathBuf,
+    /// The job store shared by several nodes: postgres://USER[:PASSWORD]@HOST[:PORT]/DB
+    /// (or sqlite://DIR). Default: SQLite in --data-dir.
+    #[arg(long, env = "SLUICE_STORE", hide_env_values = true)]
+    store: Option<String>,
+    /// This node's unique name among the nodes of one store (default: the host name).
+    #[arg(long, env = "SLUICE_NODE_ID")]
+    node_id: Option<String>,
+    /// What this node does: `api` accepts jobs and answers for them, `worker`
+    /// runs its models on every job's work, `all` does both.
+    #[arg(long, env = "SLUICE_ROLE", default_value = "all", value_parser = parse_role)]
+    role: Role,
+    /// Seconds a claimed item stays leased to this node without a renewal
+    /// (heartbeats renew it every third of that); a node that dies loses its
+    /// items to the others after it.
+    #[arg(long, env = "SLUICE_LEASE_S", default_value_t = 15)]
+    lease_s: u64,
     /// Address to listen on.
     #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -51,9 +73,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("--decode-memory-mb must be at least 1");
     }
     sluice_processing::decode::DecodeBudget::global().set_limit(args.decode_memory_mb << 20);
+    if !(1..=3600).contains(&args.lease_s) {
+        anyhow::bail!("--lease-s must be between 1 and 3600 seconds");
+    }
+    let node_id = args.node_id.unwrap_or_else(sluice_jobs::node::default_node_id);
+    sluice_jobs::node::validate_node_id(&node_id).map_err(|e| anyhow::anyhow!("--node-id {node_id:?}: {e}"))?;
+    let store = sluice_store::StoreConfig::from_url(args.store.as_deref(), &args.data_dir)
+        .map_err(|e| anyhow::anyhow!("--store: {e}"))?;
     let cfg = sluice_server::ServerConfig {
         models: args.models,
-        data_dir: args.data_dir,
+        store,
+        node: sluice_server::NodeConfig {
+            id: node_id,
+            role: args.role,
+            lease: Duration::from_secs(args.lease_s),
+        },
         listen: args.listen,
         grpc_listen: (!args.no_grpc).then(|| {
             args.grpc_listen.unwrap_or_else(|| {

@@ -8,6 +8,7 @@ use sluice_store::{InputValue, Job, NewJob, Store};
 
 use crate::error::JobsError;
 use crate::ingest;
+use crate::node::Role;
 use crate::registry::Registry;
 use crate::scheduler::Scheduler;
 use crate::{Limits, ShutdownSignal};
@@ -45,6 +46,7 @@ pub struct Jobs {
     source_roots: Arc<Vec<PathBuf>>,
     limits: Limits,
     shutdown: ShutdownSignal,
+    role: Role,
 }
 
 /// Why source ingestion stopped early when the server shuts down.
@@ -68,11 +70,19 @@ impl Jobs {
             source_roots,
             limits,
             shutdown,
+            role: Role::All,
         }
     }
 
+    /// The same service on a node of this role: a worker takes no new job
+    /// (the api nodes do).
+    pub fn with_role(mut self, role: Role) -> Jobs {
+        self.role = role;
+        self
+    }
+
     fn check_model(&self, model: &str, version: Option<&str>) -> Result<(), JobsError> {
-        let Some(m) = self.registry.get(model) else {
+        let Some(spec) = self.registry.spec(model) else {
             if let Some(err) = self.registry.failure(model) {
                 return Err(JobsError::ModelUnavailable(format!(
                     "model '{model}' failed to load: {err}"
@@ -84,10 +94,10 @@ impl Jobs {
             )));
         };
         if let Some(v) = version {
-            if v != m.spec().version {
+            if v != spec.version {
                 return Err(JobsError::NotFound(format!(
                     "model '{model}' version '{v}' not found; served version: '{}'",
-                    m.spec().version
+                    spec.version
                 )));
             }
         }
@@ -118,6 +128,12 @@ impl Jobs {
     /// open for uploads; or reading a server-side source in the background
     /// (the job is returned at once and closed when the source is read).
     pub async fn create(&self, req: NewJobRequest) -> Result<Job, JobsError> {
+        if !self.role.accepts_jobs() {
+            return Err(JobsError::Conflict(format!(
+                "this node is a {} node: it takes no new job; submit jobs to an api node",
+                self.role
+            )));
+        }
         self.check_model(&req.model, req.version.as_deref())?;
         let modes = usize::from(req.inputs.is_some()) + usize::from(req.source.is_some()) + usize::from(req.open);
         if modes != 1 {

@@ -11,6 +11,7 @@
 pub mod error;
 pub mod ingest;
 pub mod jobs;
+pub mod node;
 pub mod recovery;
 pub mod registry;
 pub mod scheduler;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 
 pub use error::JobsError;
 pub use jobs::{Jobs, NewJobRequest};
+pub use node::{NodeConfig, Role};
 pub use recovery::recover_unclosed;
 pub use registry::Registry;
 pub use scheduler::{Scheduler, SchedulerConfig};

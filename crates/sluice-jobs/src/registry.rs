@@ -1,6 +1,9 @@
 //! The served models: every `*/model.toml` under the models folder, loaded at
 //! start. A model that fails to load is kept with its error so the API can
 //! say why, instead of the server refusing to start for one bad folder.
+//!
+//! An api node ([`Registry::declare`]) reads the specs only: it validates
+//! jobs against them and leaves running them to the worker nodes.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,6 +15,9 @@ use sluice_engine::Model;
 pub enum Entry {
     /// Loaded and serving.
     Ready(Model),
+    /// Known from its spec, not loaded: an api node accepts jobs for it and
+    /// the worker nodes run them.
+    Declared(Box<ModelSpec>),
     /// Failed to load.
     Failed {
         /// The spec, if it parsed.
@@ -79,6 +85,34 @@ impl Registry {
         Ok(Registry { entries })
     }
 
+    /// Reads the spec of every model folder under `dir` without loading any
+    /// model (an api node). An invalid spec is kept as failed, with its error.
+    pub fn declare(dir: &Path) -> std::io::Result<Registry> {
+        let mut entries = BTreeMap::new();
+        for folder in sluice_core::spec::model_dirs(dir)? {
+            match ModelSpec::load(&folder) {
+                Ok(spec) => {
+                    entries.insert(spec.name.clone(), Entry::Declared(Box::new(spec)));
+                }
+                Err(e) => {
+                    let name = folder
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    tracing::error!(model = %name, error = %e, "model spec is invalid");
+                    entries.insert(
+                        name,
+                        Entry::Failed {
+                            spec: None,
+                            error: e.to_string(),
+                        },
+                    );
+                }
+            }
+        }
+        Ok(Registry { entries })
+    }
+
     /// A registry of already started models (tests).
     pub fn from_models(models: Vec<Model>) -> Registry {
         Registry {
@@ -106,8 +140,22 @@ impl Registry {
     pub fn ready(&self) -> impl Iterator<Item = &Model> {
         self.entries.values().filter_map(|e| match e {
             Entry::Ready(m) => Some(m),
-            Entry::Failed { .. } => None,
+            Entry::Declared(_) | Entry::Failed { .. } => None,
         })
+    }
+
+    /// The spec of `name`, loaded or only declared.
+    pub fn spec(&self, name: &str) -> Option<&ModelSpec> {
+        match self.entries.get(name) {
+            Some(Entry::Ready(m)) => Some(m.spec()),
+            Some(Entry::Declared(spec)) => Some(spec),
+            _ => None,
+        }
+    }
+
+    /// Whether `name` can take jobs here: loaded, or declared on an api node.
+    pub fn accepts_jobs(&self, name: &str) -> bool {
+        self.spec(name).is_some()
     }
 
     /// Why `name` is not ready, if it failed.

@@ -8,23 +8,31 @@
 //! submitted behind a ten-million-item job gets its items in after at most
 //! that window, not after the backlog.
 //!
-//! Fairness: jobs on the same model share it by weighted round robin; a job
-//! of priority `p` sends `1 + p` items per turn (priority clamped to 0..=9).
+//! The feeder **claims** items ([`Store::claim`]): each claim leases a batch
+//! of pending items to this node for [`SchedulerConfig::lease`], and the
+//! node's heartbeat ([`crate::node`]) renews the leases of everything it
+//! still holds. Several nodes on one store (PostgreSQL) so share a model's
+//! work: a claimed item is leased to one node, a node that dies loses its
+//! leases when they expire, and one that stops gracefully releases them at
+//! once.
 //!
-//! Durability: nothing is marked "running" in the store. The feeder keeps a
-//! cursor per job in memory; after a crash it starts again from the first
-//! item without a result. Results are recorded only for items still pending,
-//! so an item that ran twice across a crash still has exactly one result.
+//! Fairness: the store shares every claim between a model's active jobs by
+//! weight (`1 + priority`, priority clamped to 0..=9), across all nodes.
+//!
+//! Durability: a lease is not an outcome. Results are recorded only for
+//! items still pending, whichever node sends them first, so an item that ran
+//! twice (after a crash, or an expired lease) still has exactly one result;
+//! after a crash an item is claimed again once its lease expires (at once
+//! when the node restarts under the same id: it releases its old leases).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt as _;
 use sluice_core::{Input, ItemErrorKind, ItemId};
 use sluice_engine::{CancelFlag, Completion, Model, Reply, SubmitOptions};
-use sluice_store::{Completion as Recorded, InputValue, ItemRow, ItemState, Job, Store};
+use sluice_store::{Claim, Completion as Recorded, InputValue, ItemState, Job, Store};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -33,9 +41,13 @@ use crate::registry::Registry;
 /// Tuning of the scheduler.
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
+    /// This node's id: the holder of its leases.
+    pub node_id: String,
+    /// How long a claimed item stays leased to this node without a renewal.
+    pub lease: Duration,
     /// Batches per model instance kept in flight from bulk jobs.
     pub in_flight_batches: usize,
-    /// Items read from the store per page.
+    /// Most items claimed from the store at once.
     pub page_size: u32,
     /// Most completions recorded in one transaction.
     pub record_batch: usize,
@@ -46,6 +58,8 @@ pub struct SchedulerConfig {
 impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig {
+            node_id: "local".to_owned(),
+            lease: Duration::from_secs(15),
             in_flight_batches: 3,
             page_size: 256,
             record_batch: 500,
@@ -57,6 +71,7 @@ impl Default for SchedulerConfig {
 /// Feeds every ready model from the store.
 pub struct Scheduler {
     store: Arc<dyn Store>,
+    cfg: SchedulerConfig,
     wake: HashMap<String, Arc<Notify>>,
     cancels: Mutex<HashMap<String, CancelFlag>>,
     stopping: Arc<AtomicBool>,
@@ -67,12 +82,20 @@ pub struct Scheduler {
 impl Scheduler {
     /// Starts a feeder and a writer per ready model, and the timeout reaper.
     pub fn start(store: Arc<dyn Store>, registry: &Registry, cfg: SchedulerConfig) -> Arc<Scheduler> {
-        let wake: HashMap<String, Arc<Notify>> = registry
-            .ready()
+        Scheduler::start_with(store, registry, cfg, true)
+    }
+
+    /// [`Scheduler::start`] with a choice: `feed` false starts no feeder (an
+    /// api node runs no model) and only the timeout reaper.
+    pub fn start_with(store: Arc<dyn Store>, registry: &Registry, cfg: SchedulerConfig, feed: bool) -> Arc<Scheduler> {
+        let models: Vec<&Model> = if feed { registry.ready().collect() } else { Vec::new() };
+        let wake: HashMap<String, Arc<Notify>> = models
+            .iter()
             .map(|m| (m.spec().name.clone(), Arc::new(Notify::new())))
             .collect();
         let sched = Arc::new(Scheduler {
             store: store.clone(),
+            cfg: cfg.clone(),
             wake,
             cancels: Mutex::new(HashMap::new()),
             stopping: Arc::new(AtomicBool::new(false)),
@@ -81,7 +104,7 @@ impl Scheduler {
         });
         let mut feeders = Vec::new();
         let mut writers = Vec::new();
-        for model in registry.ready() {
+        for model in models {
             let name = model.spec().name.clone();
             let spec = model.spec();
             // Length grouping needs the whole batch window to choose from; on
@@ -101,8 +124,8 @@ impl Scheduler {
                 model.clone(),
                 tx,
                 permits,
+                window,
                 wake,
-                cfg.clone(),
             )));
         }
         if let Ok(mut f) = sched.feeders.lock() {
@@ -127,9 +150,17 @@ impl Scheduler {
         map.entry(job.to_string()).or_default().clone()
     }
 
-    fn forget(&self, job: &str) {
+    /// Sets and forgets the flags of the jobs for which `done` says so.
+    fn settle_flags(&self, done: impl Fn(&str) -> bool) {
         let mut map = self.cancels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.remove(job);
+        map.retain(|job, flag| {
+            if done(job) {
+                flag.cancel();
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// Drops the not-yet-run items of a job from the engine (after the store
@@ -140,8 +171,8 @@ impl Scheduler {
     }
 
     /// Stops feeding the models at once (the first step of a shutdown):
-    /// nothing more is read from the store; items already in the engine run
-    /// and are recorded.
+    /// nothing more is claimed; items already in the engine run and are
+    /// recorded.
     pub fn stop_feeding(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         for n in self.wake.values() {
@@ -159,9 +190,10 @@ impl Scheduler {
         self.stopping.load(Ordering::SeqCst)
     }
 
-    /// Stops feeding, lets running batches finish and records their results,
-    /// for at most `grace`. Items not yet run stay pending in the store and
-    /// run after a restart.
+    /// Stops feeding, drops the claimed items that have not started running,
+    /// lets running batches finish and records their results, for at most
+    /// `grace`; then releases this node's leases, so that another node takes
+    /// what is left at once. Items not run stay pending in the store.
     pub async fn shutdown(&self, registry: &Registry, grace: Duration) {
         self.stop_feeding();
         let feeders: Vec<_> = self
@@ -172,6 +204,9 @@ impl Scheduler {
         for f in feeders {
             let _ = f.await;
         }
+        // Queued bulk items are skipped (as canceled: they stay pending);
+        // running batches finish.
+        self.settle_flags(|_| true);
         for m in registry.ready() {
             m.close();
         }
@@ -191,22 +226,11 @@ impl Scheduler {
         if tokio::time::timeout(grace, drain).await.is_err() {
             tracing::warn!("shutdown grace period over; unfinished items stay pending and run after restart");
         }
+        match self.store.release_leases(&self.cfg.node_id).await {
+            Ok(n) => tracing::info!(node = %self.cfg.node_id, released = n, "leases released"),
+            Err(e) => tracing::warn!(node = %self.cfg.node_id, error = %e, "cannot release leases; they expire"),
+        }
     }
-}
-
-struct Cursor {
-    job: Job,
-    /// The job's id as items carry it (shared by all of them).
-    tag: Arc<str>,
-    after: Option<i64>,
-    buf: VecDeque<ItemRow>,
-    exhausted: bool,
-    started: bool,
-    cancel: CancelFlag,
-}
-
-fn weight(job: &Job) -> usize {
-    1 + usize::try_from(job.priority.clamp(0, 9)).unwrap_or(0)
 }
 
 /// The engine input for a stored value, or the message of an input that
@@ -220,141 +244,139 @@ fn to_input(v: InputValue) -> Result<Input, String> {
     }
 }
 
+/// How long an idle feeder waits for a work notice before it claims anyway
+/// (leases of a node that died expire without a notice).
+fn idle_wait(lease: Duration) -> Duration {
+    (lease / 3).clamp(Duration::from_millis(250), Duration::from_secs(5))
+}
+
+/// Claims the model's items from the store and submits them, keeping at most
+/// `window` in flight.
 async fn feeder(
     sched: Arc<Scheduler>,
     model: Model,
     tx: mpsc::Sender<Completion>,
     permits: Arc<Semaphore>,
+    window: usize,
     wake: Arc<Notify>,
-    cfg: SchedulerConfig,
 ) {
     let name = model.spec().name.clone();
     let store = sched.store.clone();
-    let mut jobs: Vec<Cursor> = Vec::new();
-    let mut turn = 0usize;
-    let mut last_refresh: Option<Instant> = None;
-    let mut refresh = true;
+    let cfg = sched.cfg.clone();
+    let mut notices = store.work_notices();
+    // Claim in chunks of half the window (so the next claim overlaps the
+    // running batches), never more than a page.
+    let chunk = u32::try_from((window / 2).max(1))
+        .unwrap_or(u32::MAX)
+        .min(cfg.page_size.max(1));
+    let lease_ms = u64::try_from(cfg.lease.as_millis()).unwrap_or(u64::MAX);
+    let mut tags: HashMap<String, Arc<str>> = HashMap::new();
+    let mut last_check = Instant::now();
+    let mut failures = 0u32;
     loop {
         if sched.stopping.load(Ordering::SeqCst) {
             break;
         }
-        // A job got new inputs (or was created) while we were busy feeding.
-        if wake.notified().now_or_never().is_some() {
-            refresh = true;
-        }
-        if refresh || last_refresh.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-            match store.active_jobs().await {
-                Ok(active) => {
-                    let active: Vec<Job> = active.into_iter().filter(|j| j.model == name).collect();
-                    jobs.retain(|c| {
-                        let keep = active.iter().any(|j| j.id == c.job.id);
-                        if !keep {
-                            sched.forget(&c.job.id);
-                        }
-                        keep
-                    });
-                    for j in active {
-                        if let Some(c) = jobs.iter_mut().find(|c| c.job.id == j.id) {
-                            c.exhausted = false;
-                            c.job = j;
-                        } else {
-                            let cancel = sched.flag(&j.id);
-                            jobs.push(Cursor {
-                                tag: Arc::from(j.id.as_str()),
-                                job: j,
-                                after: None,
-                                buf: VecDeque::new(),
-                                exhausted: false,
-                                started: false,
-                                cancel,
-                            });
-                        }
-                    }
-                    // Higher priority first within a round; stable for equal ones.
-                    jobs.sort_by_key(|c| std::cmp::Reverse(c.job.priority));
+        // Jobs canceled or finished elsewhere (another node, the reaper): the
+        // items they still have queued here are dropped, and their tags and
+        // flags forgotten.
+        if last_check.elapsed() > Duration::from_secs(1) && !tags.is_empty() {
+            last_check = Instant::now();
+            if let Ok(active) = store.active_jobs().await {
+                let live: HashSet<&str> = active.iter().map(|j| j.id.as_str()).collect();
+                let gone: Vec<String> = tags.keys().filter(|id| !live.contains(id.as_str())).cloned().collect();
+                for id in gone {
+                    tags.remove(&id);
+                    sched.settle_flags(|job| job == id);
                 }
-                Err(e) => tracing::error!(model = %name, error = %e, "cannot list active jobs"),
             }
-            last_refresh = Some(Instant::now());
-            refresh = false;
         }
-        // One round-robin turn: the next job with work sends up to its weight.
-        let mut sent_any = false;
-        for _ in 0..jobs.len() {
-            turn = (turn + 1) % jobs.len().max(1);
-            let Some(c) = jobs.get_mut(turn) else { break };
-            if c.cancel.is_canceled() {
+        let Ok(taken) = permits.clone().acquire_many_owned(chunk).await else {
+            return;
+        };
+        let claim = Claim {
+            node: cfg.node_id.clone(),
+            model: name.clone(),
+            limit: chunk,
+            lease_ms,
+        };
+        let rows = match store.claim(claim).await {
+            Ok(rows) => {
+                failures = 0;
+                rows
+            }
+            Err(e) => {
+                drop(taken);
+                failures += 1;
+                if failures <= 5 || failures.is_multiple_of(30) {
+                    tracing::warn!(model = %name, error = %e, attempt = failures, "cannot claim items; retrying");
+                }
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(30)))).await;
                 continue;
             }
-            if c.buf.is_empty() && !c.exhausted {
-                match store.pending_items(&c.job.id, c.after, cfg.page_size).await {
-                    Ok(rows) => {
-                        if rows.is_empty() {
-                            c.exhausted = true;
-                        }
-                        c.buf.extend(rows);
-                    }
-                    Err(e) => {
-                        tracing::error!(job = %c.job.id, error = %e, "cannot read pending items");
-                        c.exhausted = true;
-                    }
-                }
+        };
+        // One permit per claimed item stays taken until its completion is
+        // handed to the writer; the rest go back.
+        let used = u32::try_from(rows.len()).unwrap_or(chunk);
+        let mut taken = taken;
+        if used < chunk {
+            if let Some(rest) = taken.split(usize::try_from(chunk - used).unwrap_or(0)) {
+                drop(rest);
             }
-            if c.buf.is_empty() {
-                continue;
-            }
-            if !c.started {
-                c.started = true;
-                if let Err(e) = store.mark_started(&c.job.id).await {
-                    tracing::warn!(job = %c.job.id, error = %e, "cannot mark job started");
-                }
-            }
-            for _ in 0..weight(&c.job) {
-                let Some(row) = c.buf.pop_front() else { break };
-                c.after = Some(row.seq);
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    return;
-                };
-                permit.forget();
-                let opts = SubmitOptions {
-                    cancel: Some(c.cancel.clone()),
-                };
-                let id = ItemId::Job {
-                    job: c.tag.clone(),
-                    seq: row.seq,
-                };
-                match to_input(row.input) {
-                    Ok(input) => {
-                        if model
-                            .submit_with(id, input, Reply::Stream(tx.clone()), opts)
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Err(message) => {
-                        let failed = Completion {
-                            id,
-                            result: Err(sluice_core::ItemError::invalid(message)),
-                            queue_time: Duration::ZERO,
-                            run_time: Duration::ZERO,
-                            batch_size: 0,
-                        };
-                        if tx.send(failed).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                sent_any = true;
-            }
-            break;
         }
-        if !sent_any {
-            // Nothing to send: sleep until new inputs or a periodic refresh.
+        taken.forget();
+        if rows.is_empty() {
+            // Nothing to claim: sleep until a notice for this model, a local
+            // wake-up, or the idle period.
+            let wait = async {
+                loop {
+                    match notices.recv().await {
+                        Ok(m) if m == name || m == "*" => return,
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                }
+            };
             tokio::select! {
-                () = wake.notified() => refresh = true,
-                () = tokio::time::sleep(Duration::from_millis(500)) => refresh = true,
+                () = wait => {}
+                () = wake.notified() => {}
+                () = tokio::time::sleep(idle_wait(cfg.lease)) => {}
+            }
+            continue;
+        }
+        for row in rows {
+            let tag = tags
+                .entry(row.job_id.clone())
+                .or_insert_with(|| Arc::from(row.job_id.as_str()))
+                .clone();
+            let cancel = sched.flag(&row.job_id);
+            let id = ItemId::Job { job: tag, seq: row.seq };
+            match to_input(row.input) {
+                Ok(input) => {
+                    let opts = SubmitOptions { cancel: Some(cancel) };
+                    if model
+                        .submit_with(id, input, Reply::Stream(tx.clone()), opts)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(message) => {
+                    let failed = Completion {
+                        id,
+                        result: Err(sluice_core::ItemError::invalid(message)),
+                        queue_time: Duration::ZERO,
+                        run_time: Duration::ZERO,
+                        batch_size: 0,
+                    };
+                    if tx.send(failed).await.is_err() {
+                        return;
+                    }
+                }
             }
         }
     }
@@ -375,10 +397,8 @@ fn to_recorded(c: &Completion) -> Option<Recorded> {
             job_id: job_id.to_string(),
             seq,
             state: ItemState::Done,
-            // Through text so float32 values keep their short form (0.0345, not 0.034500002861).
-            output: serde_json::to_string(out)
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok()),
+            // Serialised once, straight to the text that is stored.
+            output: serde_json::value::to_raw_value(out).ok(),
             error_code: None,
             error_message: None,
             queue_ms: c.queue_time.as_secs_f64() * 1e3,

@@ -19,21 +19,25 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
-use sluice_store::Store;
+use sluice_store::{NodeInfo, Store, StoreConfig};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tower_http::LatencyUnit;
 
 pub use error::ApiError;
-pub use sluice_jobs::{Jobs, JobsError, Limits, Registry, Scheduler, SchedulerConfig, ShutdownSignal};
+pub use sluice_jobs::{
+    Jobs, JobsError, Limits, NodeConfig, Registry, Role, Scheduler, SchedulerConfig, ShutdownSignal,
+};
 
 /// Server configuration.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Model repository.
     pub models: PathBuf,
-    /// Where the store lives.
-    pub data_dir: PathBuf,
+    /// Where the store lives (`--store`; SQLite in the data dir by default).
+    pub store: StoreConfig,
+    /// This node: its id, role and lease length.
+    pub node: NodeConfig,
     /// Listen address (HTTP: jobs API, KServe v2 REST, dashboard, metrics).
     pub listen: SocketAddr,
     /// Listen address of the KServe v2 gRPC service; `None`: no gRPC.
@@ -64,19 +68,47 @@ pub struct AppState {
     /// Set when the server starts shutting down: long-lived responses (a
     /// results stream that follows a job) end, and source ingestion stops.
     pub shutdown: ShutdownSignal,
+    /// This node.
+    pub node: NodeConfig,
+    jobs: Jobs,
 }
 
 impl AppState {
-    /// The jobs service over this state's store, models and scheduler.
-    pub fn jobs(&self) -> Jobs {
-        Jobs::new(
-            self.store.clone(),
-            self.registry.clone(),
-            self.scheduler.clone(),
-            self.source_roots.clone(),
-            self.limits.clone(),
-            self.shutdown.clone(),
+    /// The state of a node with these parts; the jobs service is built once,
+    /// here.
+    pub fn new(
+        registry: Arc<Registry>,
+        store: Arc<dyn Store>,
+        scheduler: Arc<Scheduler>,
+        source_roots: Arc<Vec<PathBuf>>,
+        limits: Limits,
+        shutdown: ShutdownSignal,
+        node: NodeConfig,
+    ) -> AppState {
+        let jobs = Jobs::new(
+            store.clone(),
+            registry.clone(),
+            scheduler.clone(),
+            source_roots.clone(),
+            limits.clone(),
+            shutdown.clone(),
         )
+        .with_role(node.role);
+        AppState {
+            registry,
+            store,
+            scheduler,
+            source_roots,
+            limits,
+            shutdown,
+            node,
+            jobs,
+        }
+    }
+
+    /// The jobs service over this state's store, models and scheduler.
+    pub fn jobs(&self) -> &Jobs {
+        &self.jobs
     }
 }
 
@@ -120,12 +152,12 @@ pub enum ServeError {
         source: std::io::Error,
     },
     /// The store could not be opened.
-    #[error("cannot open the store in {path}: {message}")]
+    #[error("cannot open the store {store}: {source}")]
     Store {
-        /// The data dir.
-        path: PathBuf,
+        /// Where it is (any password shown as `***`).
+        store: String,
         /// Cause.
-        message: String,
+        source: sluice_store::StoreError,
     },
     /// The socket could not be bound or served.
     #[error("cannot listen on {addr}: {source}")]
@@ -166,19 +198,41 @@ pub async fn serve(
     cfg: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let store = sluice_store::SqliteStore::open(&cfg.data_dir)
-        .await
-        .map_err(|e| ServeError::Store {
-            path: cfg.data_dir.clone(),
-            message: e.to_string(),
-        })?;
-    let store: Arc<dyn Store> = Arc::new(store);
-    let registry = Arc::new(Registry::load(&cfg.models).await.map_err(|source| ServeError::Models {
+    let store = cfg.store.open().await.map_err(|source| ServeError::Store {
+        store: cfg.store.to_string(),
+        source,
+    })?;
+    let node = cfg.node.clone();
+    let registry = if node.role.runs_models() {
+        Registry::load(&cfg.models).await
+    } else {
+        Registry::declare(&cfg.models)
+    };
+    let registry = Arc::new(registry.map_err(|source| ServeError::Models {
         path: cfg.models.clone(),
         source,
     })?);
-    sluice_jobs::recover_unclosed(store.as_ref()).await;
-    let scheduler = Scheduler::start(store.clone(), &registry, cfg.scheduler.clone());
+    if cfg.store.is_shared() {
+        // Another api node may be reading a source right now: only a single
+        // node knows that an unclosed job was interrupted.
+        tracing::info!("shared store: jobs left unclosed by a crash are not settled at start");
+    } else {
+        sluice_jobs::recover_unclosed(store.as_ref()).await;
+    }
+    if node.role.runs_models() {
+        // What this node held before a crash under the same id is claimable at once.
+        match store.release_leases(&node.id).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(node = %node.id, released = n, "released the leases of this node's previous run"),
+            Err(e) => tracing::warn!(node = %node.id, error = %e, "cannot release old leases; they expire"),
+        }
+    }
+    let scheduler_cfg = SchedulerConfig {
+        node_id: node.id.clone(),
+        lease: node.lease,
+        ..cfg.scheduler.clone()
+    };
+    let scheduler = Scheduler::start_with(store.clone(), &registry, scheduler_cfg, node.role.runs_models());
     let roots = cfg
         .source_roots
         .iter()
@@ -192,14 +246,15 @@ pub async fn serve(
         .collect();
     let stop = ShutdownSignal::default();
     spawn_store_probe(store.clone(), STORE_PROBE_INTERVAL, stop.clone());
-    let state = AppState {
-        registry: registry.clone(),
-        store,
-        scheduler: scheduler.clone(),
-        source_roots: Arc::new(roots),
-        limits: cfg.limits.clone(),
-        shutdown: stop.clone(),
-    };
+    let state = AppState::new(
+        registry.clone(),
+        store.clone(),
+        scheduler.clone(),
+        Arc::new(roots),
+        cfg.limits.clone(),
+        stop.clone(),
+        node.clone(),
+    );
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -264,7 +319,19 @@ pub async fn serve(
         }
         None => None,
     };
-    tracing::info!(%addr, models = registry.entries().len(), "sluice serving");
+    let info = NodeInfo {
+        id: node.id.clone(),
+        role: node.role.to_string(),
+        models: if node.role.runs_models() {
+            registry.ready().map(|m| m.spec().name.clone()).collect()
+        } else {
+            Vec::new()
+        },
+        address: Some(addr.to_string()),
+        started_at: sluice_store::now_ms(),
+    };
+    let heartbeat = sluice_jobs::node::spawn_heartbeat(store.clone(), info, node.clone(), stop.clone());
+    tracing::info!(%addr, node = %node.id, role = %node.role, store = %cfg.store, models = registry.entries().len(), "sluice serving");
     eprintln!("sluice listening on http://{addr}");
     let http = axum::serve(listener, app(state)).with_graceful_shutdown(stopped(stop.clone()));
     tokio::select! {
@@ -281,5 +348,9 @@ pub async fn serve(
     let at = signaled.get().copied().unwrap_or_else(tokio::time::Instant::now);
     let left = (at + grace).saturating_duration_since(tokio::time::Instant::now());
     scheduler.shutdown(&registry, left).await;
+    let _ = heartbeat.await;
+    if let Err(e) = store.remove_node(&node.id).await {
+        tracing::warn!(node = %node.id, error = %e, "cannot remove this node from the node table; it ages out");
+    }
     Ok(())
 }

@@ -224,6 +224,8 @@ pub fn render(state: &AppState, jobs: &[Job]) -> String {
                 });
             }
             Entry::Failed { .. } => up.push((name.clone(), 0)),
+            // An api node runs no model: the workers report theirs.
+            Entry::Declared(_) => {}
         }
     }
     let mut e = Exposition::default();

@@ -3,10 +3,11 @@
 //! A bulk job is a model name plus many named inputs. The server streams a job's pending items into
 //! the engine and writes each result back as it completes; the process may be killed (`kill -9`) at
 //! any moment, and on restart every job must resume with every input ending with exactly one result
-//! or one failure. This crate is where that guarantee lives: the [`Store`] trait (used as
-//! `Arc<dyn Store>`, so a PostgreSQL backend can come later) and [`SqliteStore`], its SQLite
-//! implementation (`<data_dir>/sluice.db`, WAL mode, `synchronous=NORMAL`, schema migrations embedded
-//! from `crates/sluice-store/migrations/`).
+//! or one failure. Several server processes (nodes) may share one store and its work. This crate is
+//! where those guarantees live: the [`Store`] trait (used as `Arc<dyn Store>`), [`SqliteStore`], the
+//! embedded single-node implementation (`<data_dir>/sluice.db`, WAL mode, `synchronous=NORMAL`,
+//! schema migrations embedded from `crates/sluice-store/migrations/`), the PostgreSQL implementation
+//! for many nodes (cargo feature `postgres`), and [`StoreConfig`], which opens either from a URL.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), sluice_store::StoreError> {
@@ -57,7 +58,7 @@
 //!    always the current number of finished items; uniqueness is also enforced by `items_done`);
 //! 3. an item leaves `pending` once and never changes again.
 //!
-//! Job status moves `SUBMITTED` → `IN_PROGRESS` (on [`Store::mark_started`] or the first recorded
+//! Job status moves `SUBMITTED` → `IN_PROGRESS` (on its first claim, [`Store::mark_started`] or the first recorded
 //! result) → terminal. A job becomes `COMPLETED` when it is closed and has no pending item (checked
 //! by `close_job` and by every `record`), or `FAILED` instead if it has inputs and none succeeded. A
 //! job closed with no input at all completes at once, as `COMPLETED` with `total` 0. `cancel_job` /
@@ -70,10 +71,11 @@
 //! The engine executes items *at least* once: after a crash, items that were in flight (fed, maybe
 //! computed, not yet recorded) are fed again. Results are *recorded* exactly once:
 //!
-//! - Nothing is marked "taken" when an item is fed. Whatever was not committed as finished before
-//!   the crash is still `pending`, so after a restart [`Store::active_jobs`] lists the job and
-//!   [`Store::pending_items`] from the start returns exactly the items without an outcome: none is
-//!   lost.
+//! - Nothing is *finished* when an item is fed: a claim ([`Store::claim`]) only leases it (see
+//!   "Leases"). Whatever was not committed as finished before the crash is still `pending`, so after
+//!   a restart [`Store::active_jobs`] lists the job, and the item is claimable again once its lease
+//!   is released (a node restarting under its id releases its old leases first) or expires: none
+//!   is lost.
 //! - [`Store::record`] updates an item only `WHERE state = 'pending'`, in one transaction for the
 //!   whole batch, and counts only the rows it changed. A completion for an item that already has an
 //!   outcome (a re-run after a crash, a duplicate in the same batch, a late result after a cancel)
@@ -88,9 +90,9 @@
 //!
 //! # Cursors
 //!
-//! - **Feeder** — `seq`: [`Store::pending_items`]`(job, after_seq, limit)` returns pending items in
-//!   `seq` order after the cursor. The feeder keeps the cursor in memory; the store keeps no
-//!   per-consumer state. Items finished meanwhile simply drop out of later pages.
+//! - **Feeder** — claims: the feeder takes work with [`Store::claim`], which leases what it returns;
+//!   it keeps no cursor. [`Store::pending_items`]`(job, after_seq, limit)` still pages a job's
+//!   pending items in `seq` order (leased or not) for readers and tools.
 //! - **Results** — `done_seq`: [`Store::results`]`(job, after_done_seq, limit)` returns finished items
 //!   in completion order. Since `done_seq`s are assigned in increasing order at commit and never
 //!   reused, a reader that passes the last `done_seq` it saw gets every outcome exactly once, even
@@ -98,11 +100,29 @@
 //! - **Job list** — [`Store::list_jobs`] pages newest first by keyset on the internal `pk`; its
 //!   `next_cursor` is an opaque string.
 //!
+//! # Leases
+//!
+//! A claim sets an item's `lease_node` and `lease_until` (unix ms). While the lease runs no other
+//! claim returns the item; when it has passed, any node's claim may. The holder renews its leases
+//! every third of the lease ([`Store::renew_leases`], the node's heartbeat), so only a node that
+//! stopped renewing (dead, or cut off from the store for a whole lease) loses its items. A node
+//! stopping gracefully releases its leases at once ([`Store::release_leases`]), which sends a work
+//! notice so that idle nodes claim them without waiting. A lease never decides who may record:
+//! [`Store::record`] takes the first result for a pending item from any node, and ignores every
+//! later one, so an item run by two nodes (its lease expired while the first was slow) still has
+//! exactly one result. Claims share their limit between a model's active jobs by weight
+//! ([`fair_shares`]): the same rule in every claim of every node keeps the jobs fair across nodes.
+//! Work notices ([`Store::work_notices`]) tell idle nodes that a model got work (PostgreSQL:
+//! `LISTEN`/`NOTIFY`, across processes; SQLite: within the process); nodes still claim every few
+//! seconds, since an expired lease announces nothing. The node table ([`Store::heartbeat`],
+//! [`Store::nodes`]) lists the live nodes, their models and the leases they hold.
+//!
 //! # Concurrency
 //!
 //! [`SqliteStore`] writes through a single connection with `BEGIN IMMEDIATE` transactions, so writers
 //! queue in-process and a second process would wait on the busy timeout; reads use a separate pool
-//! and, in WAL mode, never block writes.
+//! and, in WAL mode, never block writes. A claim is one such transaction, so two claims never
+//! overlap; SQLite is still meant for one node (its notices do not leave the process).
 //!
 //! # Failed writes
 //!
@@ -113,15 +133,19 @@
 //! [`Store::create_job_with_inputs`] makes an inline job appear whole or not at all, and
 //! [`Store::add_inputs_within`] bounds a job's size inside the insert's transaction.
 
+mod config;
 mod error;
+mod fair;
 mod sqlite;
 mod store;
 mod types;
 
+pub use config::{host_of, redact_url, StoreConfig};
 pub use error::StoreError;
+pub use fair::{fair_shares, weight};
 pub use sqlite::{now_ms, SqliteStore, DB_FILE_NAME};
 pub use store::Store;
 pub use types::{
-    Completion, InputValue, ItemError, ItemResult, ItemRow, ItemState, Job, JobFilter, JobStatus, NewJob, StoreHealth,
-    WriteFailure,
+    Claim, Completion, InputValue, ItemError, ItemResult, ItemRow, ItemState, Job, JobFilter, JobStatus, NewJob,
+    NodeInfo, NodeStatus, StoreHealth, WriteFailure,
 };

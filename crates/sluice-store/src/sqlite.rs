@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,8 +23,8 @@ use sqlx::sqlite::{
 use sqlx::{Executor as _, Row, Sqlite, SqlitePool};
 
 use crate::{
-    Completion, InputValue, ItemError, ItemResult, ItemRow, ItemState, Job, JobFilter, JobStatus, NewJob, Store,
-    StoreError, StoreHealth, WriteFailure,
+    fair_shares, weight, Claim, Completion, InputValue, ItemError, ItemResult, ItemRow, ItemState, Job, JobFilter,
+    JobStatus, NewJob, NodeInfo, NodeStatus, Store, StoreError, StoreHealth, WriteFailure,
 };
 
 /// The schema, embedded from `crates/sluice-store/migrations/` and applied by [`SqliteStore::open`].
@@ -44,6 +44,9 @@ const PROBE_HEADROOM: usize = 1 << 20;
 
 /// The scratch file [`Store::probe_write`] writes beside the database, and removes.
 const PROBE_FILE_NAME: &str = ".sluice-write-probe";
+
+/// Work notices a slow receiver may fall behind by before it loses some.
+pub(crate) const NOTICE_CAPACITY: usize = 256;
 
 /// Rows per multi-row `INSERT` in [`Store::add_inputs`] (5 bound values each).
 const INSERT_ROWS_PER_STATEMENT: usize = 100;
@@ -85,6 +88,13 @@ const END_ITEMS_SQL: &str = "UPDATE items SET state = ?1, error_code = ?2, error
            FROM items INDEXED BY items_pending WHERE job_pk = ?5 AND state = 'pending') AS r \
      WHERE items.rowid = r.rid";
 
+/// `claim`: up to ?4 claimable items of one job (pending, with no lease or an expired one) in seq
+/// order, leased to a node until a time; returns them.
+const CLAIM_SQL: &str = "UPDATE items SET lease_node = ?1, lease_until = ?2 WHERE rowid IN \
+     (SELECT rowid FROM items INDEXED BY items_pending WHERE job_pk = ?3 AND state = 'pending' \
+      AND (lease_until IS NULL OR lease_until <= ?5) ORDER BY seq LIMIT ?4) \
+     RETURNING seq, key, input_kind, input";
+
 /// The statuses of jobs that are not finished, as an SQL list.
 const ACTIVE_STATUSES: &str = "('SUBMITTED', 'IN_PROGRESS')";
 
@@ -99,6 +109,10 @@ pub struct SqliteStore {
     /// test sets it (`set_max_page_count`, feature `test-util`), to make SQLite report a full disk.
     #[cfg_attr(not(feature = "test-util"), allow(dead_code))]
     page_limit: Arc<AtomicU64>,
+    /// Work notices of this process (see [`Store::work_notices`]).
+    notices: tokio::sync::broadcast::Sender<String>,
+    /// Where the next claim starts its turn between jobs (see [`fair_shares`]).
+    turn: Arc<AtomicUsize>,
 }
 
 /// A write transaction (`BEGIN IMMEDIATE`) on the writer connection, ended by
@@ -180,6 +194,8 @@ impl SqliteStore {
             path,
             health: Arc::new(Mutex::new(StoreHealth::default())),
             page_limit,
+            notices: tokio::sync::broadcast::channel(NOTICE_CAPACITY).0,
+            turn: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -418,6 +434,7 @@ impl Store for SqliteStore {
         .await;
         let job = self.finish(tx, result).await?;
         tracing::debug!(job_id = %job.id, model = %job.model, total = job.total, "job created with its inputs");
+        let _ = self.notices.send(job.model.clone());
         Ok(job)
     }
 
@@ -429,14 +446,16 @@ impl Store for SqliteStore {
     ) -> Result<u64, StoreError> {
         let rows = prepare_rows(inputs)?;
         let mut tx = self.begin_write().await?;
-        let result: Result<(), StoreError> = async {
+        let result: Result<String, StoreError> = async {
             let conn: &mut SqliteConnection = &mut tx.conn;
             let (pk, job) = load_job(conn, job_id).await?;
-            Self::insert_inputs(conn, pk, &job, &rows, max_inputs).await
+            Self::insert_inputs(conn, pk, &job, &rows, max_inputs).await?;
+            Ok(job.model)
         }
         .await;
-        self.finish(tx, result).await?;
+        let model = self.finish(tx, result).await?;
         tracing::debug!(job_id = %job_id, added = rows.len(), "inputs added");
+        let _ = self.notices.send(model);
         Ok(rows.len() as u64)
     }
 
@@ -549,12 +568,8 @@ impl Store for SqliteStore {
                     c.state, c.job_id, c.seq
                 )));
             }
-            let output = c
-                .output
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()
-                .map_err(|e| StoreError::Invalid(format!("output of job {} seq {}: {e}", c.job_id, c.seq)))?;
+            // The processor's JSON text, stored as it is.
+            let output = c.output.as_ref().map(|raw| raw.get().to_owned());
             prepared.push((c, output));
         }
         // Group by job, keeping the given order within each job (it becomes the done_seq order).
@@ -733,6 +748,204 @@ impl Store for SqliteStore {
         .fetch_all(&self.reader)
         .await?;
         Ok(ids)
+    }
+
+    async fn claim(&self, claim: Claim) -> Result<Vec<ItemRow>, StoreError> {
+        if claim.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let offset = self.turn.fetch_add(1, Ordering::Relaxed);
+        let mut tx = self.begin_write().await?;
+        let result: Result<Vec<ItemRow>, StoreError> = async {
+            let conn: &mut SqliteConnection = &mut tx.conn;
+            let now = now_ms();
+            let until = now.saturating_add(i64::try_from(claim.lease_ms).unwrap_or(i64::MAX));
+            let jobs: Vec<(i64, String, i32, String)> = sqlx::query_as(&format!(
+                "SELECT pk, id, priority, status FROM jobs WHERE model = ?1 AND status IN {ACTIVE_STATUSES} \
+                 ORDER BY priority DESC, pk"
+            ))
+            .bind(&claim.model)
+            .fetch_all(&mut *conn)
+            .await?;
+            let mut open: Vec<bool> = vec![true; jobs.len()];
+            let mut claimed: Vec<ItemRow> = Vec::new();
+            let mut started: HashSet<i64> = HashSet::new();
+            // Shares by weight; what a job cannot use is shared again among the others.
+            while claimed.len() < claim.limit as usize {
+                let weights: Vec<u32> = jobs
+                    .iter()
+                    .zip(&open)
+                    .map(|((_, _, priority, _), open)| if *open { weight(*priority) } else { 0 })
+                    .collect();
+                let left = claim.limit - u32::try_from(claimed.len()).unwrap_or(claim.limit);
+                let shares = fair_shares(&weights, left, offset);
+                if shares.iter().all(|&s| s == 0) {
+                    break;
+                }
+                for (i, share) in shares.into_iter().enumerate() {
+                    if share == 0 {
+                        continue;
+                    }
+                    let Some((pk, id, _, status)) = jobs.get(i) else {
+                        continue;
+                    };
+                    let rows = sqlx::query(CLAIM_SQL)
+                        .bind(&claim.node)
+                        .bind(until)
+                        .bind(pk)
+                        .bind(i64::from(share))
+                        .bind(now)
+                        .fetch_all(&mut *conn)
+                        .await?;
+                    if (rows.len() as u64) < u64::from(share) {
+                        open[i] = false;
+                    }
+                    if !rows.is_empty() && status == "SUBMITTED" {
+                        started.insert(*pk);
+                    }
+                    let mut got = rows
+                        .iter()
+                        .map(|row| {
+                            let kind: String = row.try_get(2)?;
+                            Ok(ItemRow {
+                                job_id: id.clone(),
+                                seq: row.try_get(0)?,
+                                key: row.try_get(1)?,
+                                input: InputValue::from_blob(&kind, row.try_get(3)?)?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, StoreError>>()?;
+                    got.sort_by_key(|r| r.seq);
+                    claimed.extend(got);
+                }
+            }
+            for pk in started {
+                sqlx::query(
+                    "UPDATE jobs SET status = 'IN_PROGRESS', started_at = COALESCE(started_at, ?1) \
+                     WHERE pk = ?2 AND status = 'SUBMITTED'",
+                )
+                .bind(now)
+                .bind(pk)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Ok(claimed)
+        }
+        .await;
+        self.finish(tx, result).await
+    }
+
+    async fn renew_leases(&self, node: &str, lease_ms: u64) -> Result<u64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let result: Result<u64, StoreError> = async {
+            let until = now_ms().saturating_add(i64::try_from(lease_ms).unwrap_or(i64::MAX));
+            Ok(sqlx::query(
+                "UPDATE items INDEXED BY items_leased SET lease_until = ?1 \
+                 WHERE lease_node = ?2 AND state = 'pending' AND lease_node IS NOT NULL",
+            )
+            .bind(until)
+            .bind(node)
+            .execute(&mut *tx.conn)
+            .await?
+            .rows_affected())
+        }
+        .await;
+        self.finish(tx, result).await
+    }
+
+    async fn release_leases(&self, node: &str) -> Result<u64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let result: Result<u64, StoreError> = async {
+            Ok(sqlx::query(
+                "UPDATE items INDEXED BY items_leased SET lease_node = NULL, lease_until = NULL \
+                 WHERE lease_node = ?1 AND state = 'pending' AND lease_node IS NOT NULL",
+            )
+            .bind(node)
+            .execute(&mut *tx.conn)
+            .await?
+            .rows_affected())
+        }
+        .await;
+        let released = self.finish(tx, result).await?;
+        if released > 0 {
+            tracing::debug!(node, released, "leases released");
+            let _ = self.notices.send("*".to_owned());
+        }
+        Ok(released)
+    }
+
+    async fn heartbeat(&self, node: &NodeInfo) -> Result<(), StoreError> {
+        let models = json_text(&node.models)?;
+        let mut tx = self.begin_write().await?;
+        let result: Result<(), StoreError> = async {
+            sqlx::query(
+                "INSERT INTO nodes (id, role, models, address, started_at, heartbeat_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO UPDATE SET role = excluded.role, \
+                 models = excluded.models, address = excluded.address, started_at = excluded.started_at, \
+                 heartbeat_at = excluded.heartbeat_at",
+            )
+            .bind(&node.id)
+            .bind(&node.role)
+            .bind(&models)
+            .bind(&node.address)
+            .bind(node.started_at)
+            .bind(now_ms())
+            .execute(&mut *tx.conn)
+            .await?;
+            Ok(())
+        }
+        .await;
+        self.finish(tx, result).await
+    }
+
+    async fn remove_node(&self, node_id: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let result: Result<(), StoreError> = async {
+            sqlx::query("DELETE FROM nodes WHERE id = ?1")
+                .bind(node_id)
+                .execute(&mut *tx.conn)
+                .await?;
+            Ok(())
+        }
+        .await;
+        self.finish(tx, result).await
+    }
+
+    async fn nodes(&self, max_age_ms: u64) -> Result<Vec<NodeStatus>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        let now = now_ms();
+        let since = now.saturating_sub(i64::try_from(max_age_ms).unwrap_or(i64::MAX));
+        let rows = sqlx::query(
+            "SELECT n.id, n.role, n.models, n.address, n.started_at, n.heartbeat_at, \
+             (SELECT COUNT(*) FROM items INDEXED BY items_leased WHERE lease_node = n.id \
+              AND state = 'pending' AND lease_node IS NOT NULL AND lease_until > ?2) AS leases \
+             FROM nodes AS n WHERE n.heartbeat_at >= ?1 ORDER BY n.id",
+        )
+        .bind(since)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let models: String = row.try_get("models")?;
+                Ok(NodeStatus {
+                    info: NodeInfo {
+                        id: row.try_get("id")?,
+                        role: row.try_get("role")?,
+                        models: serde_json::from_str(&models)
+                            .map_err(|e| StoreError::Corrupt(format!("node models: {e}")))?,
+                        address: row.try_get("address")?,
+                        started_at: row.try_get("started_at")?,
+                    },
+                    heartbeat_at: row.try_get("heartbeat_at")?,
+                    leases: counter(row, "leases")?,
+                })
+            })
+            .collect()
+    }
+
+    fn work_notices(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.notices.subscribe()
     }
 
     fn health(&self) -> StoreHealth {

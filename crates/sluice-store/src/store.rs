@@ -1,11 +1,14 @@
 //! The backend-neutral contract of the job store. The server holds an `Arc<dyn Store>`, so that the
-//! SQLite implementation of today and a PostgreSQL one later are interchangeable; every guarantee
-//! the server relies on (atomicity, idempotent recording, cursor semantics) is stated here, and each
-//! backend must keep it.
+//! SQLite and PostgreSQL implementations are interchangeable; every guarantee the server relies on
+//! (atomicity, idempotent recording, cursor semantics, leases) is stated here, each backend keeps
+//! it, and one conformance suite (`crates/sluice-store/tests/`) checks both.
 
 use async_trait::async_trait;
 
-use crate::{Completion, InputValue, ItemResult, ItemRow, Job, JobFilter, NewJob, StoreError, StoreHealth};
+use crate::{
+    Claim, Completion, InputValue, ItemResult, ItemRow, Job, JobFilter, NewJob, NodeInfo, NodeStatus, StoreError,
+    StoreHealth,
+};
 
 /// Durable store of bulk jobs, their inputs and their results.
 ///
@@ -113,6 +116,48 @@ pub trait Store: Send + Sync {
 
     /// Ids of the active jobs whose deadline (`created_at + timeout_ms`) is before `now_ms` (unix ms).
     async fn expired_jobs(&self, now_ms: i64) -> Result<Vec<String>, StoreError>;
+
+    /// Claims up to `claim.limit` pending items of the active jobs of `claim.model` for
+    /// `claim.node`, leased for `claim.lease_ms` from now, and returns them (each job's items in
+    /// `seq` order). One transaction: two nodes claiming at once never get the same item.
+    ///
+    /// An item is claimable while it is `pending` and has no lease, or its lease has expired. A
+    /// claim is fair between the model's active jobs: the limit is shared in proportion to their
+    /// weights (`1 + priority`, priority clamped to 0..=9, see [`fair_shares`](crate::fair_shares)),
+    /// and what a job cannot use goes to the others; since every claim of every node shares this
+    /// way, fairness holds across nodes. A `SUBMITTED` job that gets items becomes `IN_PROGRESS`.
+    ///
+    /// A lease is a promise, not a lock: [`record`](Store::record) accepts the first result for a
+    /// pending item from any node, leased or not, so an item whose lease expired while its first
+    /// node was still running it has one result whichever node finishes first.
+    async fn claim(&self, claim: Claim) -> Result<Vec<ItemRow>, StoreError>;
+
+    /// Extends every lease `node` holds on a pending item to `lease_ms` from now; returns how many.
+    /// A live node calls it well within the lease (e.g. every third of it).
+    async fn renew_leases(&self, node: &str, lease_ms: u64) -> Result<u64, StoreError>;
+
+    /// Drops every lease `node` holds on a pending item, so any node can claim those items at once
+    /// (a node stopping gracefully, or starting again after a crash under the same id); returns
+    /// how many. Wakes the other nodes (see [`work_notices`](Store::work_notices)).
+    async fn release_leases(&self, node: &str) -> Result<u64, StoreError>;
+
+    /// Writes `node`'s row in the node table with the heartbeat time now (inserting it the first
+    /// time). What [`nodes`](Store::nodes) lists.
+    async fn heartbeat(&self, node: &NodeInfo) -> Result<(), StoreError>;
+
+    /// Removes `node_id`'s row (a node stopping gracefully, after releasing its leases).
+    async fn remove_node(&self, node_id: &str) -> Result<(), StoreError>;
+
+    /// The nodes whose last heartbeat is at most `max_age_ms` old, by id, each with the number of
+    /// unexpired leases it holds on pending items.
+    async fn nodes(&self, max_age_ms: u64) -> Result<Vec<NodeStatus>, StoreError>;
+
+    /// A receiver of the names of models that may have new claimable work (or `*`: any model):
+    /// inputs added (or an inline job created), leases released. Notices from every process on the same store arrive
+    /// (PostgreSQL: `LISTEN`/`NOTIFY`; SQLite: this process). A notice is a hint to claim now, not
+    /// a promise of work; lagging receivers lose notices, so a worker still claims periodically
+    /// (expired leases announce nothing).
+    fn work_notices(&self) -> tokio::sync::broadcast::Receiver<String>;
 
     /// Whether the store can write, as its last writes saw it (see [`StoreHealth`]).
     fn health(&self) -> StoreHealth;

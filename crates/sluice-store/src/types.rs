@@ -344,7 +344,7 @@ pub struct ItemResult {
 }
 
 /// One finished item, as the result writer hands it to [`Store::record`](crate::Store::record).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Completion {
     /// The job it belongs to.
     pub job_id: String,
@@ -352,8 +352,9 @@ pub struct Completion {
     pub seq: i64,
     /// `done` or `failed`; other states are rejected.
     pub state: ItemState,
-    /// The output of a `done` item.
-    pub output: Option<serde_json::Value>,
+    /// The output of a `done` item, as the JSON text the processor produced: stored as it is,
+    /// never parsed and serialised again on the way in.
+    pub output: Option<Box<serde_json::value::RawValue>>,
     /// The error code of a `failed` item.
     pub error_code: Option<String>,
     /// The error message of a `failed` item.
@@ -365,13 +366,26 @@ pub struct Completion {
 }
 
 impl Completion {
-    /// A successful completion.
+    /// A successful completion with an output value (serialised once, here).
     pub fn done(job_id: impl Into<String>, seq: i64, output: serde_json::Value, queue_ms: f64, model_ms: f64) -> Self {
+        // Serialising a `Value` cannot fail (its map keys are strings).
+        let output = serde_json::value::to_raw_value(&output).ok();
+        Completion::done_raw(job_id, seq, output, queue_ms, model_ms)
+    }
+
+    /// A successful completion whose output is already JSON text.
+    pub fn done_raw(
+        job_id: impl Into<String>,
+        seq: i64,
+        output: Option<Box<serde_json::value::RawValue>>,
+        queue_ms: f64,
+        model_ms: f64,
+    ) -> Self {
         Completion {
             job_id: job_id.into(),
             seq,
             state: ItemState::Done,
-            output: Some(output),
+            output,
             error_code: None,
             error_message: None,
             queue_ms,
@@ -435,4 +449,44 @@ pub struct WriteFailure {
     pub class: String,
     /// Unix ms.
     pub at: i64,
+}
+
+/// What a node asks of [`Store::claim`](crate::Store::claim).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// The claiming node's id (see [`NodeInfo::id`]).
+    pub node: String,
+    /// The model whose jobs' items are claimed.
+    pub model: String,
+    /// Most items to claim.
+    pub limit: u32,
+    /// How long the lease lasts from now, ms, unless renewed.
+    pub lease_ms: u64,
+}
+
+/// A node of a Sluice installation, as it announces itself in its heartbeats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Unique name of the node (`--node-id`).
+    pub id: String,
+    /// `all`, `api` or `worker`.
+    pub role: String,
+    /// The models it claims work for (empty for an api node).
+    pub models: Vec<String>,
+    /// Where it listens, if it serves HTTP.
+    pub address: Option<String>,
+    /// When the node started, unix ms.
+    pub started_at: i64,
+}
+
+/// A live node, as [`Store::nodes`](crate::Store::nodes) lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// What the node announced.
+    #[serde(flatten)]
+    pub info: NodeInfo,
+    /// Its last heartbeat, unix ms (the store's clock).
+    pub heartbeat_at: i64,
+    /// Unexpired leases it holds on pending items.
+    pub leases: u64,
 }

@@ -109,11 +109,14 @@ pub async fn stats(State(state): State<AppState>) -> Json<Summary> {
                     bench: super::models::load_bench(&spec.dir),
                 }
             }
-            Entry::Failed { spec, error } => ModelStats {
+            Entry::Declared(_) | Entry::Failed { .. } => ModelStats {
                 name: name.clone(),
                 ready: false,
-                error: Some(error.clone()),
-                max_batch_size: spec.as_ref().map_or(0, |s| s.max_batch_size),
+                error: match entry {
+                    Entry::Failed { error, .. } => Some(error.clone()),
+                    _ => None,
+                },
+                max_batch_size: state.registry.spec(name).map_or(0, |s| s.max_batch_size),
                 instances: 0,
                 busy_instances: 0,
                 items_ok: 0,

@@ -10,6 +10,7 @@ pub mod dashboard;
 pub mod infer;
 pub mod jobs;
 pub mod models;
+pub mod nodes;
 pub mod openapi;
 
 /// Every route of the API.
@@ -24,6 +25,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/jobs/{id}/close", post(jobs::close))
         .route("/v1/jobs/{id}/results", get(jobs::results))
         .route("/v1/jobs/{id}/results/{key}", get(jobs::result))
+        .route("/v1/nodes", get(nodes::list))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{name}", get(models::get))
         .route("/v1/models/{name}/infer", post(infer::infer))

@@ -100,6 +100,22 @@ fn view(name: &str, entry: &Entry, detail: bool) -> ModelView {
                 bench: if detail { load_bench(&s.dir) } else { None },
             }
         }
+        // An api node: known from its spec, run by the worker nodes.
+        Entry::Declared(s) => ModelView {
+            name: name.to_string(),
+            version: Some(s.version.clone()),
+            ready: false,
+            error: None,
+            description: Some(s.description.clone()).filter(|d| !d.is_empty()),
+            backend: None,
+            max_batch_size: Some(s.max_batch_size),
+            max_batch_delay_ms: Some(s.max_batch_delay_ms),
+            instances: None,
+            signature: None,
+            processing: detail.then(|| serde_json::to_value(&s.processing).unwrap_or_default()),
+            stats: None,
+            bench: None,
+        },
         Entry::Failed { spec, error } => ModelView {
             name: name.to_string(),
             version: spec.as_ref().map(|s| s.version.clone()),
@@ -150,6 +166,9 @@ pub struct Health {
     pub status: &'static str,
     /// Models serving.
     pub ready_models: Vec<String>,
+    /// Models this node accepts jobs for without running them (an api node:
+    /// the workers run them).
+    pub declared_models: Vec<String>,
     /// Models that failed to load.
     pub failed_models: Vec<String>,
     /// The job store: whether it reads and writes.
@@ -167,8 +186,8 @@ pub struct StoreStatus {
     /// `false` when the store could not answer a read just now (`/readyz` only).
     pub readable: bool,
     /// Class of the last failed write since the start: `disk_full`,
-    /// `io_error`, `read_only`, `busy`, `corrupt`, `cannot_open`, `pool_timeout`
-    /// or `database`.
+    /// `io_error`, `read_only`, `busy`, `corrupt`, `cannot_open`, `pool_timeout`,
+    /// `unreachable` (PostgreSQL: the connection was lost or refused) or `database`.
     pub last_write_error: Option<String>,
     /// When it failed, unix ms.
     pub last_write_error_at: Option<i64>,
@@ -179,16 +198,23 @@ pub struct StoreStatus {
 fn health(state: &AppState) -> Health {
     let mut ready = Vec::new();
     let mut failed = Vec::new();
+    let mut declared = Vec::new();
     for (n, e) in state.registry.entries() {
         match e {
             Entry::Ready(_) => ready.push(n.clone()),
+            Entry::Declared(_) => declared.push(n.clone()),
             Entry::Failed { .. } => failed.push(n.clone()),
         }
     }
     let store = state.store.health();
     Health {
-        status: if ready.is_empty() { "unavailable" } else { "ok" },
+        status: if ready.is_empty() && declared.is_empty() {
+            "unavailable"
+        } else {
+            "ok"
+        },
         ready_models: ready,
+        declared_models: declared,
         failed_models: failed,
         store: StoreStatus {
             writable: store.writable,

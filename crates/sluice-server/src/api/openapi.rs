@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{dashboard, infer, jobs, models};
+use super::{dashboard, infer, jobs, models, nodes};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::v2::{http, schema};
 
@@ -23,6 +23,7 @@ use crate::v2::{http, schema};
         jobs::close,
         jobs::results,
         jobs::result,
+        nodes::list,
         models::list,
         models::get,
         infer::infer,
@@ -51,6 +52,8 @@ use crate::v2::{http, schema};
         jobs::Added,
         jobs::ResultLine,
         models::ModelView,
+        nodes::NodeView,
+        nodes::NodeList,
         infer::InferBody,
         infer::InferAnswer,
         infer::ItemAnswer,

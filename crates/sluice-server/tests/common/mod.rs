@@ -188,14 +188,15 @@ impl Server {
             .iter()
             .map(|r| r.canonicalize().expect("source root"))
             .collect();
-        let state = AppState {
-            registry: registry.clone(),
+        let state = AppState::new(
+            registry.clone(),
             store,
             scheduler,
-            source_roots: Arc::new(roots),
-            limits: cfg.limits,
-            shutdown: shutdown.clone(),
-        };
+            Arc::new(roots),
+            cfg.limits,
+            shutdown.clone(),
+            sluice_server::NodeConfig::default(),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local address");
         let task = tokio::spawn(async move {
