@@ -46,6 +46,16 @@ fn an_api_node_takes_jobs_and_a_node_that_runs_models_finishes_them() {
     let (status, job) = api.post("/v1/jobs", &json!({"model": "noop", "inputs": inputs(50)}));
     assert_eq!(status, 201, "{job}");
     let id = job["id"].as_str().expect("job id").to_owned();
+    // Real-time requests need a node that runs the model.
+    let (status, refused) = api.post("/v1/models/noop/infer", &json!({"inputs": [[1.0]]}));
+    assert_eq!(status, 503, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("api node"),
+        "{refused}"
+    );
     // Nothing runs it here.
     std::thread::sleep(Duration::from_millis(500));
     let job = api.job(&id);

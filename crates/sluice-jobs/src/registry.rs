@@ -158,6 +158,18 @@ impl Registry {
         self.spec(name).is_some()
     }
 
+    /// Why `name` cannot run here, for a client: it failed to load, or this
+    /// is an api node that only declares it. `None` if it is ready or unknown.
+    pub fn unavailable(&self, name: &str) -> Option<String> {
+        match self.entries.get(name) {
+            Some(Entry::Failed { error, .. }) => Some(format!("model '{name}' failed to load: {error}")),
+            Some(Entry::Declared(_)) => Some(format!(
+                "model '{name}' does not run on this node (an api node): send real-time requests to a worker node"
+            )),
+            _ => None,
+        }
+    }
+
     /// Why `name` is not ready, if it failed.
     pub fn failure(&self, name: &str) -> Option<&str> {
         match self.entries.get(name) {

@@ -110,8 +110,8 @@ pub async fn infer(
     let model = state
         .registry
         .get(&name)
-        .ok_or_else(|| match state.registry.failure(&name) {
-            Some(why) => ApiError::Unavailable(format!("model '{name}' failed to load: {why}")),
+        .ok_or_else(|| match state.registry.unavailable(&name) {
+            Some(why) => ApiError::Unavailable(why),
             None => ApiError::NotFound(format!("model '{name}' not found")),
         })?;
     let header_timeout = match req.headers().get(TIMEOUT_HEADER) {

@@ -271,8 +271,8 @@ fn numel(name: &str, shape: &[usize]) -> Result<usize, V2Error> {
 /// Finds a ready model, checking the version when one is named.
 pub fn lookup<'a>(registry: &'a Registry, name: &str, version: Option<&str>) -> Result<&'a Model, V2Error> {
     let Some(model) = registry.get(name) else {
-        return Err(match registry.failure(name) {
-            Some(why) => V2Error::Unavailable(format!("model '{name}' failed to load: {why}")),
+        return Err(match registry.unavailable(name) {
+            Some(why) => V2Error::Unavailable(why),
             None => V2Error::NotFound(format!("unknown model '{name}'")),
         });
     };
