@@ -34,6 +34,15 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The database server could not be reached (refused, unknown host, authentication failed,
+    /// timed out). `store` names where it was looked for, without a password.
+    #[error("cannot connect to the job store at {store}: {cause}")]
+    Unreachable {
+        /// The host and port (or URL without password) of the store.
+        store: String,
+        /// Why, as the driver reports it.
+        cause: String,
+    },
     /// The embedded schema migrations could not be applied.
     #[error("schema migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -55,14 +64,29 @@ impl StoreError {
             StoreError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => Some("disk_full"),
             StoreError::Io(_) => Some("io_error"),
             StoreError::Migrate(_) => Some("database"),
+            StoreError::Unreachable { .. } => Some("unreachable"),
             StoreError::Database(e) => Some(sqlx_class(e)),
         }
     }
 }
 
-/// The class of a database error, from SQLite's primary result code.
+/// The class of a database error: from PostgreSQL's SQLSTATE, or SQLite's primary result code;
+/// a broken network connection is `unreachable`.
 fn sqlx_class(e: &sqlx::Error) -> &'static str {
     match e {
+        #[cfg(feature = "postgres")]
+        sqlx::Error::Database(db) if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some() => {
+            let code = db.code().unwrap_or_default();
+            match code.as_ref() {
+                "53100" => "disk_full",
+                "25006" => "read_only",
+                "40001" | "40P01" | "55P03" => "busy",
+                c if c.starts_with("08") || c.starts_with("57P") => "unreachable",
+                c if c.starts_with("58") => "io_error",
+                c if c.starts_with("XX") => "corrupt",
+                _ => "database",
+            }
+        }
         sqlx::Error::Database(db) => {
             let code = db.code().and_then(|c| c.parse::<i64>().ok()).unwrap_or(1);
             match code & 0xff {
@@ -76,8 +100,36 @@ fn sqlx_class(e: &sqlx::Error) -> &'static str {
             }
         }
         sqlx::Error::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => "disk_full",
+        sqlx::Error::Io(e) if is_network(e.kind()) => "unreachable",
         sqlx::Error::Io(_) => "io_error",
         sqlx::Error::PoolTimedOut => "pool_timeout",
         _ => "database",
+    }
+}
+
+/// Whether an I/O error is a network connection's (only a client-server database has those).
+fn is_network(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        kind,
+        K::ConnectionRefused
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::NotConnected
+            | K::BrokenPipe
+            | K::TimedOut
+            | K::UnexpectedEof
+    )
+}
+
+#[cfg(feature = "postgres")]
+/// Whether the failure is a PostgreSQL serialization failure or deadlock, which the same
+/// transaction run again resolves.
+pub(crate) fn is_retryable(e: &StoreError) -> bool {
+    match e {
+        StoreError::Database(sqlx::Error::Database(db)) => {
+            matches!(db.code().as_deref(), Some("40001" | "40P01"))
+        }
+        _ => false,
     }
 }

@@ -47,6 +47,61 @@ pub fn fair_shares(weights: &[u32], limit: u32, offset: usize) -> Vec<u32> {
     shares
 }
 
+/// The rounds of one claim: each round shares what is left of the limit between the jobs that
+/// may still have claimable items ([`fair_shares`]), and a job that returns less than its share is
+/// left out of the next rounds, so that what it could not use goes to the others. Pure, so that
+/// both backends claim alike.
+#[derive(Debug)]
+pub(crate) struct FairRounds {
+    weights: Vec<u32>,
+    open: Vec<bool>,
+    left: u32,
+    offset: usize,
+}
+
+impl FairRounds {
+    /// Rounds for jobs of these priorities (listed by priority, then age) and this limit;
+    /// `offset` turns the order in which a limit smaller than the number of jobs serves them.
+    pub(crate) fn new(priorities: &[i32], limit: u32, offset: usize) -> Self {
+        FairRounds {
+            weights: priorities.iter().map(|&p| weight(p)).collect(),
+            open: vec![true; priorities.len()],
+            left: limit,
+            offset,
+        }
+    }
+
+    /// The next round: `(job index, share)` for every job with a share; empty when the claim is
+    /// over (the limit reached, or no job left with items).
+    pub(crate) fn round(&self) -> Vec<(usize, u32)> {
+        if self.left == 0 {
+            return Vec::new();
+        }
+        let weights: Vec<u32> = self
+            .weights
+            .iter()
+            .zip(&self.open)
+            .map(|(&w, &open)| if open { w } else { 0 })
+            .collect();
+        fair_shares(&weights, self.left, self.offset)
+            .into_iter()
+            .enumerate()
+            .filter(|&(_, share)| share > 0)
+            .collect()
+    }
+
+    /// Notes that job `i`, given `share`, returned `got` items.
+    pub(crate) fn took(&mut self, i: usize, share: u32, got: usize) {
+        let got = u32::try_from(got).unwrap_or(u32::MAX);
+        self.left = self.left.saturating_sub(got);
+        if got < share {
+            if let Some(open) = self.open.get_mut(i) {
+                *open = false;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +132,32 @@ mod tests {
         assert_eq!(fair_shares(&[1, 1, 1], 1, 0), vec![1, 0, 0]);
         assert_eq!(fair_shares(&[1, 1, 1], 1, 1), vec![0, 1, 0]);
         assert_eq!(fair_shares(&[1, 1, 1], 2, 2), vec![1, 0, 1]);
+    }
+
+    #[test]
+    fn rounds_give_what_one_job_cannot_use_to_the_others() {
+        // Two equal jobs, 10 items: the first has only 2 left, so the second gets 8.
+        let available = [2usize, 100];
+        let mut rounds = FairRounds::new(&[0, 0], 10, 0);
+        let mut got = [0usize; 2];
+        loop {
+            let shares = rounds.round();
+            if shares.is_empty() {
+                break;
+            }
+            for (i, share) in shares {
+                let take = (share as usize).min(available[i] - got[i]);
+                got[i] += take;
+                rounds.took(i, share, take);
+            }
+        }
+        assert_eq!(got, [2, 8]);
+        // Nothing anywhere: one round, then over.
+        let mut rounds = FairRounds::new(&[3, 1], 5, 1);
+        for (i, share) in rounds.round() {
+            rounds.took(i, share, 0);
+        }
+        assert!(rounds.round().is_empty());
     }
 
     #[test]

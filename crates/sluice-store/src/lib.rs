@@ -133,17 +133,25 @@
 //! [`Store::create_job_with_inputs`] makes an inline job appear whole or not at all, and
 //! [`Store::add_inputs_within`] bounds a job's size inside the insert's transaction.
 
+mod common;
 mod config;
 mod error;
 mod fair;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
 mod store;
+#[cfg(all(feature = "test-util", feature = "postgres"))]
+pub mod test_util;
 mod types;
 
+pub use common::now_ms;
 pub use config::{host_of, redact_url, StoreConfig};
 pub use error::StoreError;
 pub use fair::{fair_shares, weight};
-pub use sqlite::{now_ms, SqliteStore, DB_FILE_NAME};
+#[cfg(feature = "postgres")]
+pub use postgres::PgStore;
+pub use sqlite::{SqliteStore, DB_FILE_NAME};
 pub use store::Store;
 pub use types::{
     Claim, Completion, InputValue, ItemError, ItemResult, ItemRow, ItemState, Job, JobFilter, JobStatus, NewJob,

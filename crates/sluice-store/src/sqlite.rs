@@ -7,24 +7,27 @@
 //! on the busy timeout rather than break a transaction half-way. Reads use a separate pool; in WAL
 //! mode they never block the writer nor wait for it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Executor as _, Row, Sqlite, SqlitePool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Executor as _, Sqlite, SqlitePool};
 
+use crate::common::{
+    end_state, finished_count, group_completions, no_inputs, now_ms, prepare_job, prepare_rows, refuse_inputs, to_i64,
+    HealthCell, ItemRecord, JobRecord, NodeRecord, PreparedJob, ResultRecord, Rows, Tally, ACTIVE_STATUSES,
+    JOB_COLUMNS, NOTICE_CAPACITY, RESULT_COLUMNS,
+};
+use crate::fair::FairRounds;
 use crate::{
-    fair_shares, weight, Claim, Completion, InputValue, ItemError, ItemResult, ItemRow, ItemState, Job, JobFilter,
-    JobStatus, NewJob, NodeInfo, NodeStatus, Store, StoreError, StoreHealth, WriteFailure,
+    Claim, Completion, InputValue, ItemResult, ItemRow, ItemState, Job, JobFilter, JobStatus, NewJob, NodeInfo,
+    NodeStatus, Store, StoreError, StoreHealth,
 };
 
 /// The schema, embedded from `crates/sluice-store/migrations/` and applied by [`SqliteStore::open`].
@@ -45,18 +48,8 @@ const PROBE_HEADROOM: usize = 1 << 20;
 /// The scratch file [`Store::probe_write`] writes beside the database, and removes.
 const PROBE_FILE_NAME: &str = ".sluice-write-probe";
 
-/// Work notices a slow receiver may fall behind by before it loses some.
-pub(crate) const NOTICE_CAPACITY: usize = 256;
-
 /// Rows per multi-row `INSERT` in [`Store::add_inputs`] (5 bound values each).
 const INSERT_ROWS_PER_STATEMENT: usize = 100;
-
-/// Columns of `jobs`, in the order [`job_from_row`] reads them.
-const JOB_COLUMNS: &str = "pk, id, model, version, status, open, closed, priority, tags, timeout_ms, source, \
-     created_at, started_at, finished_at, total, completed, failed, canceled, timedout, queue_ms_total, model_ms_total";
-
-/// Columns of `items`, in the order [`result_from_row`] reads them.
-const RESULT_COLUMNS: &str = "seq, key, state, output, error_code, error_message, queue_ms, model_ms, done_seq";
 
 /// The feeder's page: pending items after a seq, through the partial index of pending items.
 const PENDING_ITEMS_SQL: &str = "SELECT seq, key, input_kind, input FROM items INDEXED BY items_pending \
@@ -95,16 +88,13 @@ const CLAIM_SQL: &str = "UPDATE items SET lease_node = ?1, lease_until = ?2 WHER
       AND (lease_until IS NULL OR lease_until <= ?5) ORDER BY seq LIMIT ?4) \
      RETURNING seq, key, input_kind, input";
 
-/// The statuses of jobs that are not finished, as an SQL list.
-const ACTIVE_STATUSES: &str = "('SUBMITTED', 'IN_PROGRESS')";
-
 /// A [`Store`] kept in a SQLite database file (WAL mode, `synchronous=NORMAL`).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     path: PathBuf,
-    health: Arc<Mutex<StoreHealth>>,
+    health: HealthCell,
     /// `PRAGMA max_page_count` applied to every writer connection; 0: SQLite's default. Only a
     /// test sets it (`set_max_page_count`, feature `test-util`), to make SQLite report a full disk.
     #[cfg_attr(not(feature = "test-util"), allow(dead_code))]
@@ -137,17 +127,6 @@ impl Drop for WriteTx {
         }
     }
 }
-
-/// A job validated for insertion.
-struct PreparedJob {
-    new: NewJob,
-    tags: Vec<String>,
-    tags_json: String,
-    timeout_ms: Option<i64>,
-}
-
-/// Inputs in their stored form: key, kind, BLOB.
-type Rows = Vec<(String, &'static str, Vec<u8>)>;
 
 impl SqliteStore {
     /// Opens (creating if needed) `data_dir/sluice.db`, creating `data_dir` too, and brings its schema
@@ -192,7 +171,7 @@ impl SqliteStore {
             writer,
             reader,
             path,
-            health: Arc::new(Mutex::new(StoreHealth::default())),
+            health: HealthCell::default(),
             page_limit,
             notices: tokio::sync::broadcast::channel(NOTICE_CAPACITY).0,
             turn: Arc::new(AtomicUsize::new(0)),
@@ -269,28 +248,12 @@ impl SqliteStore {
 
     /// Marks the store writable after a write committed.
     fn note_success(&self) {
-        let mut health = self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !health.writable {
-            tracing::info!("the job store writes again");
-        }
-        health.writable = true;
-        health.last_write_ok_at = Some(now_ms());
+        self.health.note_success();
     }
 
-    /// Marks the store not writable when `err` is a failure of the database (not of the request),
-    /// logging its detail; returns `err`.
+    /// Marks the store not writable when `err` is a failure of the database; returns `err`.
     fn note_failure(&self, err: StoreError) -> StoreError {
-        if matches!(err, StoreError::Database(_) | StoreError::Io(_)) {
-            let class = err.failure_class().unwrap_or("database");
-            tracing::error!(error = %err, class, "a write to the job store failed");
-            let mut health = self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            health.writable = false;
-            health.last_write_error = Some(WriteFailure {
-                class: class.to_owned(),
-                at: now_ms(),
-            });
-        }
-        err
+        self.health.note_failure(err)
     }
 
     /// Appends `rows` to a job inside the caller's transaction, after checking that it takes inputs
@@ -302,21 +265,7 @@ impl SqliteStore {
         rows: &Rows,
         max_inputs: u64,
     ) -> Result<(), StoreError> {
-        let job_id = &job.id;
-        if job.status.is_terminal() {
-            return Err(StoreError::Conflict(format!(
-                "job {job_id} is {}: it takes no inputs",
-                job.status
-            )));
-        }
-        if job.closed {
-            return Err(StoreError::Conflict(format!(
-                "job {job_id} is closed: it takes no more inputs"
-            )));
-        }
-        if job.total.saturating_add(rows.len() as u64) > max_inputs {
-            return Err(StoreError::TooManyInputs { limit: max_inputs });
-        }
+        refuse_inputs(job, rows.len(), max_inputs)?;
         let added = to_i64(rows.len() as u64)?;
         let mut seq = to_i64(job.total)?;
         for chunk in rows.chunks(INSERT_ROWS_PER_STATEMENT) {
@@ -349,11 +298,7 @@ impl SqliteStore {
 
     /// Ends a job that is not terminal yet: its pending items take `state`, the job `status`.
     async fn end_job(&self, job_id: &str, state: ItemState, status: JobStatus) -> Result<Job, StoreError> {
-        let (code, message, counter) = match state {
-            ItemState::Canceled => ("canceled", "the job was canceled before this item finished", "canceled"),
-            ItemState::Timedout => ("timedout", "the job timed out before this item finished", "timedout"),
-            other => return Err(StoreError::Invalid(format!("cannot end a job with items {other}"))),
-        };
+        let (code, message, counter) = end_state(state)?;
         let mut tx = self.begin_write().await?;
         let result: Result<Job, StoreError> = async {
             let conn: &mut SqliteConnection = &mut tx.conn;
@@ -412,9 +357,7 @@ impl Store for SqliteStore {
         max_inputs: u64,
     ) -> Result<Job, StoreError> {
         if inputs.is_empty() {
-            return Err(StoreError::Invalid(
-                "a job created with its inputs needs at least one".into(),
-            ));
+            return Err(no_inputs());
         }
         let job = prepare_job(new)?;
         let rows = prepare_rows(inputs)?;
@@ -495,7 +438,7 @@ impl Store for SqliteStore {
             ),
         };
         let limit = filter.effective_limit();
-        let rows = sqlx::query(&format!(
+        let records: Vec<JobRecord> = sqlx::query_as(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs \
              WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR model = ?2) \
                AND (?3 IS NULL OR pk IN (SELECT job_pk FROM job_tags WHERE tag = ?3)) \
@@ -509,7 +452,10 @@ impl Store for SqliteStore {
         .bind(i64::from(limit) + 1)
         .fetch_all(&self.reader)
         .await?;
-        let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
+        let mut jobs = records
+            .into_iter()
+            .map(JobRecord::into_job)
+            .collect::<Result<Vec<_>, _>>()?;
         let next = if jobs.len() > limit as usize {
             jobs.truncate(limit as usize);
             jobs.last().map(|(pk, _)| pk.to_string())
@@ -520,12 +466,12 @@ impl Store for SqliteStore {
     }
 
     async fn active_jobs(&self) -> Result<Vec<Job>, StoreError> {
-        let rows = sqlx::query(&format!(
+        let records: Vec<JobRecord> = sqlx::query_as(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE status IN {ACTIVE_STATUSES} ORDER BY priority DESC, pk ASC"
         ))
         .fetch_all(&self.reader)
         .await?;
-        rows.iter().map(|row| job_from_row(row).map(|(_, job)| job)).collect()
+        records.into_iter().map(|r| r.into_job().map(|(_, job)| job)).collect()
     }
 
     async fn pending_items(
@@ -536,63 +482,30 @@ impl Store for SqliteStore {
     ) -> Result<Vec<ItemRow>, StoreError> {
         let mut conn = self.reader.acquire().await?;
         let pk = job_pk(&mut conn, job_id).await?;
-        let rows = sqlx::query(PENDING_ITEMS_SQL)
+        let records: Vec<ItemRecord> = sqlx::query_as(PENDING_ITEMS_SQL)
             .bind(pk)
             .bind(after_seq.unwrap_or(-1))
             .bind(i64::from(limit))
             .fetch_all(&mut *conn)
             .await?;
-        rows.into_iter()
-            .map(|row| {
-                let kind: String = row.try_get(2)?;
-                Ok(ItemRow {
-                    job_id: job_id.to_owned(),
-                    seq: row.try_get(0)?,
-                    key: row.try_get(1)?,
-                    input: InputValue::from_blob(&kind, row.try_get(3)?)?,
-                })
-            })
-            .collect()
+        records.into_iter().map(|r| r.into_item(job_id)).collect()
     }
 
     async fn record(&self, completions: Vec<Completion>) -> Result<u64, StoreError> {
         if completions.is_empty() {
             return Ok(0);
         }
-        // Everything that can be checked without the database is checked before the transaction.
-        let mut prepared = Vec::with_capacity(completions.len());
-        for c in completions {
-            if !matches!(c.state, ItemState::Done | ItemState::Failed) {
-                return Err(StoreError::Invalid(format!(
-                    "a completion must be done or failed, not {} (job {}, seq {})",
-                    c.state, c.job_id, c.seq
-                )));
-            }
-            // The processor's JSON text, stored as it is.
-            let output = c.output.as_ref().map(|raw| raw.get().to_owned());
-            prepared.push((c, output));
-        }
-        // Group by job, keeping the given order within each job (it becomes the done_seq order).
-        let mut groups: Vec<(&str, Vec<&(Completion, Option<String>)>)> = Vec::new();
-        let mut group_of: HashMap<&str, usize> = HashMap::new();
-        for p in &prepared {
-            let job_id = p.0.job_id.as_str();
-            let i = *group_of.entry(job_id).or_insert_with(|| {
-                groups.push((job_id, Vec::new()));
-                groups.len() - 1
-            });
-            groups[i].1.push(p);
-        }
-
+        let given = completions.len();
+        let groups = group_completions(completions)?;
         let mut tx = self.begin_write().await?;
         let result: Result<u64, StoreError> = async {
             let conn: &mut SqliteConnection = &mut tx.conn;
             let now = now_ms();
             let mut recorded = 0u64;
-            for (job_id, group) in groups {
+            for (job_id, group) in &groups {
                 let Some((pk, job)) = find_job(conn, job_id).await? else {
                     tracing::warn!(
-                        job_id,
+                        job_id = %job_id,
                         count = group.len(),
                         "completions for an unknown job are ignored"
                     );
@@ -602,7 +515,7 @@ impl Store for SqliteStore {
                     continue;
                 }
                 // Which of these items are still pending (the guard that makes recording idempotent)...
-                let seqs: Vec<i64> = group.iter().map(|(c, _)| c.seq).collect();
+                let seqs: Vec<i64> = group.iter().map(|p| p.completion.seq).collect();
                 let mut pending: HashMap<i64, i64> = sqlx::query_as::<_, (i64, i64)>(PENDING_ROWIDS_SQL)
                     .bind(json_text(&seqs)?)
                     .bind(pk)
@@ -613,15 +526,16 @@ impl Store for SqliteStore {
                 // ...then one UPDATE for all of them, each with the next done_seq. The first completion
                 // of an item in the call wins; later ones are no-ops, as they would be in a later call.
                 let mut next_done_seq = finished_count(&job)?;
-                let (mut completed, mut failed, mut queue_ms, mut model_ms) = (0i64, 0i64, 0f64, 0f64);
+                let mut tally = Tally::default();
                 let mut updates = Vec::with_capacity(pending.len());
-                for (c, output) in group {
+                for p in group {
+                    let c = &p.completion;
                     let Some(rowid) = pending.remove(&c.seq) else { continue };
-                    let (q, m) = (finite_ms(c.queue_ms), finite_ms(c.model_ms));
+                    let (q, m) = tally.add(c);
                     updates.push(serde_json::json!([
                         rowid,
                         c.state.as_str(),
-                        output,
+                        p.output,
                         c.error_code,
                         c.error_message,
                         q,
@@ -629,13 +543,6 @@ impl Store for SqliteStore {
                         next_done_seq
                     ]));
                     next_done_seq += 1;
-                    if c.state == ItemState::Done {
-                        completed += 1;
-                    } else {
-                        failed += 1;
-                    }
-                    queue_ms += q;
-                    model_ms += m;
                 }
                 if updates.is_empty() {
                     continue;
@@ -659,10 +566,10 @@ impl Store for SqliteStore {
                  status = CASE WHEN status = 'SUBMITTED' THEN 'IN_PROGRESS' ELSE status END \
                  WHERE pk = ?6",
                 )
-                .bind(completed)
-                .bind(failed)
-                .bind(queue_ms)
-                .bind(model_ms)
+                .bind(tally.completed)
+                .bind(tally.failed)
+                .bind(tally.queue_ms)
+                .bind(tally.model_ms)
                 .bind(now)
                 .bind(pk)
                 .execute(&mut *conn)
@@ -674,7 +581,7 @@ impl Store for SqliteStore {
         }
         .await;
         let recorded = self.finish(tx, result).await?;
-        tracing::trace!(given = prepared.len(), recorded, "completions recorded");
+        tracing::trace!(given, recorded, "completions recorded");
         Ok(recorded)
     }
 
@@ -709,26 +616,26 @@ impl Store for SqliteStore {
     ) -> Result<Vec<ItemResult>, StoreError> {
         let mut conn = self.reader.acquire().await?;
         let pk = job_pk(&mut conn, job_id).await?;
-        let rows = sqlx::query(RESULTS_SQL)
+        let records: Vec<ResultRecord> = sqlx::query_as(RESULTS_SQL)
             .bind(pk)
             .bind(after_done_seq.unwrap_or(-1))
             .bind(i64::from(limit))
             .fetch_all(&mut *conn)
             .await?;
-        rows.iter().map(|row| result_from_row(job_id, row)).collect()
+        records.into_iter().map(|r| r.into_result(job_id)).collect()
     }
 
     async fn result(&self, job_id: &str, key: &str) -> Result<Option<ItemResult>, StoreError> {
         let mut conn = self.reader.acquire().await?;
         let pk = job_pk(&mut conn, job_id).await?;
-        let row = sqlx::query(&format!(
+        let record: Option<ResultRecord> = sqlx::query_as(&format!(
             "SELECT {RESULT_COLUMNS} FROM items WHERE job_pk = ?1 AND key = ?2"
         ))
         .bind(pk)
         .bind(key)
         .fetch_optional(&mut *conn)
         .await?;
-        row.map(|row| result_from_row(job_id, &row)).transpose()
+        record.map(|r| r.into_result(job_id)).transpose()
     }
 
     async fn cancel_job(&self, job_id: &str) -> Result<Job, StoreError> {
@@ -767,29 +674,20 @@ impl Store for SqliteStore {
             .bind(&claim.model)
             .fetch_all(&mut *conn)
             .await?;
-            let mut open: Vec<bool> = vec![true; jobs.len()];
+            let priorities: Vec<i32> = jobs.iter().map(|(_, _, priority, _)| *priority).collect();
+            let mut rounds = FairRounds::new(&priorities, claim.limit, offset);
             let mut claimed: Vec<ItemRow> = Vec::new();
-            let mut started: HashSet<i64> = HashSet::new();
-            // Shares by weight; what a job cannot use is shared again among the others.
-            while claimed.len() < claim.limit as usize {
-                let weights: Vec<u32> = jobs
-                    .iter()
-                    .zip(&open)
-                    .map(|((_, _, priority, _), open)| if *open { weight(*priority) } else { 0 })
-                    .collect();
-                let left = claim.limit - u32::try_from(claimed.len()).unwrap_or(claim.limit);
-                let shares = fair_shares(&weights, left, offset);
-                if shares.iter().all(|&s| s == 0) {
+            let mut started: Vec<i64> = Vec::new();
+            loop {
+                let shares = rounds.round();
+                if shares.is_empty() {
                     break;
                 }
-                for (i, share) in shares.into_iter().enumerate() {
-                    if share == 0 {
-                        continue;
-                    }
+                for (i, share) in shares {
                     let Some((pk, id, _, status)) = jobs.get(i) else {
                         continue;
                     };
-                    let rows = sqlx::query(CLAIM_SQL)
+                    let records: Vec<ItemRecord> = sqlx::query_as(CLAIM_SQL)
                         .bind(&claim.node)
                         .bind(until)
                         .bind(pk)
@@ -797,23 +695,13 @@ impl Store for SqliteStore {
                         .bind(now)
                         .fetch_all(&mut *conn)
                         .await?;
-                    if (rows.len() as u64) < u64::from(share) {
-                        open[i] = false;
+                    rounds.took(i, share, records.len());
+                    if !records.is_empty() && status == "SUBMITTED" && !started.contains(pk) {
+                        started.push(*pk);
                     }
-                    if !rows.is_empty() && status == "SUBMITTED" {
-                        started.insert(*pk);
-                    }
-                    let mut got = rows
-                        .iter()
-                        .map(|row| {
-                            let kind: String = row.try_get(2)?;
-                            Ok(ItemRow {
-                                job_id: id.clone(),
-                                seq: row.try_get(0)?,
-                                key: row.try_get(1)?,
-                                input: InputValue::from_blob(&kind, row.try_get(3)?)?,
-                            })
-                        })
+                    let mut got = records
+                        .into_iter()
+                        .map(|r| r.into_item(id))
                         .collect::<Result<Vec<_>, StoreError>>()?;
                     got.sort_by_key(|r| r.seq);
                     claimed.extend(got);
@@ -915,7 +803,7 @@ impl Store for SqliteStore {
         let mut conn = self.reader.acquire().await?;
         let now = now_ms();
         let since = now.saturating_sub(i64::try_from(max_age_ms).unwrap_or(i64::MAX));
-        let rows = sqlx::query(
+        let records: Vec<NodeRecord> = sqlx::query_as(
             "SELECT n.id, n.role, n.models, n.address, n.started_at, n.heartbeat_at, \
              (SELECT COUNT(*) FROM items INDEXED BY items_leased WHERE lease_node = n.id \
               AND state = 'pending' AND lease_node IS NOT NULL AND lease_until > ?2) AS leases \
@@ -925,23 +813,7 @@ impl Store for SqliteStore {
         .bind(now)
         .fetch_all(&mut *conn)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let models: String = row.try_get("models")?;
-                Ok(NodeStatus {
-                    info: NodeInfo {
-                        id: row.try_get("id")?,
-                        role: row.try_get("role")?,
-                        models: serde_json::from_str(&models)
-                            .map_err(|e| StoreError::Corrupt(format!("node models: {e}")))?,
-                        address: row.try_get("address")?,
-                        started_at: row.try_get("started_at")?,
-                    },
-                    heartbeat_at: row.try_get("heartbeat_at")?,
-                    leases: counter(row, "leases")?,
-                })
-            })
-            .collect()
+        records.into_iter().map(NodeRecord::into_status).collect()
     }
 
     fn work_notices(&self) -> tokio::sync::broadcast::Receiver<String> {
@@ -949,10 +821,7 @@ impl Store for SqliteStore {
     }
 
     fn health(&self) -> StoreHealth {
-        self.health
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.health.get()
     }
 
     async fn probe_write(&self) -> Result<(), StoreError> {
@@ -1009,28 +878,6 @@ fn write_probe_file(path: &Path) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// Checks a new job before its transaction: a model name, a representable timeout, tags once each.
-fn prepare_job(new: NewJob) -> Result<PreparedJob, StoreError> {
-    if new.model.trim().is_empty() {
-        return Err(StoreError::Invalid("a job needs a model name".into()));
-    }
-    let timeout_ms = new.timeout_ms.map(to_i64).transpose()?;
-    let mut seen = HashSet::new();
-    let tags: Vec<String> = new
-        .tags
-        .iter()
-        .filter(|tag| seen.insert((*tag).clone()))
-        .cloned()
-        .collect();
-    let tags_json = serde_json::to_string(&tags).map_err(|e| StoreError::Invalid(format!("tags: {e}")))?;
-    Ok(PreparedJob {
-        new,
-        tags,
-        tags_json,
-        timeout_ms,
-    })
-}
-
 /// Inserts a job row (status `SUBMITTED`, no input) and its tags; returns its key and id.
 async fn insert_job(conn: &mut SqliteConnection, job: &PreparedJob) -> Result<(i64, String), StoreError> {
     let id = uuid::Uuid::new_v4().simple().to_string();
@@ -1060,23 +907,6 @@ async fn insert_job(conn: &mut SqliteConnection, job: &PreparedJob) -> Result<(i
     Ok((pk, id))
 }
 
-/// Inputs in their stored form, refusing a key given twice (named precisely, before any write).
-fn prepare_rows(inputs: Vec<(String, InputValue)>) -> Result<Rows, StoreError> {
-    let mut keys = HashSet::with_capacity(inputs.len());
-    for (key, _) in &inputs {
-        if !keys.insert(key.as_str()) {
-            return Err(StoreError::DuplicateKey(key.clone()));
-        }
-    }
-    drop(keys);
-    let mut rows = Vec::with_capacity(inputs.len());
-    for (key, value) in inputs {
-        let (kind, blob) = value.to_blob()?;
-        rows.push((key, kind, blob));
-    }
-    Ok(rows)
-}
-
 /// Makes a closed, active job with no pending item `COMPLETED` (or `FAILED` when it had inputs and
 /// none succeeded).
 async fn finish_if_done(conn: &mut SqliteConnection, pk: i64, now: i64) -> Result<(), StoreError> {
@@ -1099,11 +929,11 @@ async fn finish_if_done(conn: &mut SqliteConnection, pk: i64, now: i64) -> Resul
 
 /// The job with this id and its internal key, if any.
 async fn find_job(conn: &mut SqliteConnection, job_id: &str) -> Result<Option<(i64, Job)>, StoreError> {
-    let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))
+    let record: Option<JobRecord> = sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))
         .bind(job_id)
         .fetch_optional(&mut *conn)
         .await?;
-    row.as_ref().map(job_from_row).transpose()
+    record.map(JobRecord::into_job).transpose()
 }
 
 /// The job with this id and its internal key, or [`StoreError::NotFound`].
@@ -1143,102 +973,6 @@ async fn existing_key(
     ))
 }
 
-fn job_from_row(row: &SqliteRow) -> Result<(i64, Job), StoreError> {
-    let status: String = row.try_get("status")?;
-    let tags: String = row.try_get("tags")?;
-    let tags = serde_json::from_str(&tags).map_err(|e| StoreError::Corrupt(format!("job tags: {e}")))?;
-    let timeout_ms: Option<i64> = row.try_get("timeout_ms")?;
-    let total = counter(row, "total")?;
-    let completed = counter(row, "completed")?;
-    let failed = counter(row, "failed")?;
-    let canceled = counter(row, "canceled")?;
-    let timedout = counter(row, "timedout")?;
-    let finished = completed + failed + canceled + timedout;
-    let pending = total
-        .checked_sub(finished)
-        .ok_or_else(|| StoreError::Corrupt(format!("job counts {finished} finished items of {total}")))?;
-    let job = Job {
-        id: row.try_get("id")?,
-        model: row.try_get("model")?,
-        version: row.try_get("version")?,
-        status: JobStatus::from_str(&status).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        open: row.try_get("open")?,
-        closed: row.try_get("closed")?,
-        priority: row.try_get("priority")?,
-        tags,
-        timeout_ms: timeout_ms.map(|t| to_u64(t, "timeout_ms")).transpose()?,
-        source: row.try_get("source")?,
-        created_at: row.try_get("created_at")?,
-        started_at: row.try_get("started_at")?,
-        finished_at: row.try_get("finished_at")?,
-        total,
-        pending,
-        completed,
-        failed,
-        canceled,
-        timedout,
-        queue_ms_total: row.try_get("queue_ms_total")?,
-        model_ms_total: row.try_get("model_ms_total")?,
-    };
-    Ok((row.try_get("pk")?, job))
-}
-
-fn result_from_row(job_id: &str, row: &SqliteRow) -> Result<ItemResult, StoreError> {
-    let state: String = row.try_get("state")?;
-    let output: Option<String> = row.try_get("output")?;
-    let error_code: Option<String> = row.try_get("error_code")?;
-    let error_message: Option<String> = row.try_get("error_message")?;
-    let queue_ms: Option<f64> = row.try_get("queue_ms")?;
-    let model_ms: Option<f64> = row.try_get("model_ms")?;
-    let error = match (error_code, error_message) {
-        (None, None) => None,
-        (code, message) => Some(ItemError {
-            code: code.unwrap_or_else(|| "error".to_owned()),
-            message: message.unwrap_or_default(),
-        }),
-    };
-    Ok(ItemResult {
-        job_id: job_id.to_owned(),
-        seq: row.try_get("seq")?,
-        key: row.try_get("key")?,
-        state: ItemState::from_str(&state).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        output: output
-            .map(|text| serde_json::from_str(&text))
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(format!("item output: {e}")))?,
-        error,
-        queue_ms,
-        model_ms,
-        done_seq: row.try_get("done_seq")?,
-    })
-}
-
-fn counter(row: &SqliteRow, column: &str) -> Result<u64, StoreError> {
-    to_u64(row.try_get(column)?, column)
-}
-
-fn to_u64(value: i64, what: &str) -> Result<u64, StoreError> {
-    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} is negative: {value}")))
-}
-
-fn to_i64(value: u64) -> Result<i64, StoreError> {
-    i64::try_from(value).map_err(|_| StoreError::Invalid(format!("{value} is out of range")))
-}
-
-/// Durations are stored as fractional milliseconds; non-finite or negative values become 0.
-fn finite_ms(value: f64) -> f64 {
-    if value.is_finite() && value > 0.0 {
-        value
-    } else {
-        0.0
-    }
-}
-
-/// How many items of the job have their final outcome: also the next `done_seq`.
-fn finished_count(job: &Job) -> Result<i64, StoreError> {
-    to_i64(job.completed + job.failed + job.canceled + job.timedout)
-}
-
 /// `value` as JSON text, for the `json_each(?)` parameters.
 fn json_text<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Invalid(format!("cannot serialise a batch: {e}")))
@@ -1248,21 +982,13 @@ fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
-/// Current time, unix ms.
-/// The current time in unix milliseconds, as the store records it.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     //! Guards the query plans that keep the store fast on huge jobs: every per-item statement must
     //! search an index, never scan `items`.
 
     use super::*;
+    use sqlx::Row as _;
 
     async fn plan(conn: &mut SqliteConnection, sql: &str, binds: usize) -> Result<String, StoreError> {
         let explain = format!("EXPLAIN QUERY PLAN {sql}");
