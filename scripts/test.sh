@@ -6,12 +6,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
+source scripts/lib/postgres.sh
+ensure_postgres_for_tests
+trap stop_throwaway_postgres EXIT
 echo "[test] cargo fmt --check"
 cargo fmt --all -- --check
 echo "[test] cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "[test] cargo test"
 cargo test --workspace --no-fail-fast "$@"
+
+# The Kubernetes manifests against the Kubernetes schemas (kubernetes-validate from PyPI).
+echo "[test] Kubernetes manifests (scripts/validate_k8s.sh)"
+bash scripts/validate_k8s.sh
 
 # The dashboard in a real browser: Debian's Chromium, installed when missing.
 if [[ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]]; then

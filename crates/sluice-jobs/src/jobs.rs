@@ -202,13 +202,21 @@ impl Jobs {
             let max_input = jobs.limits.max_input_bytes;
             let max_inputs = jobs.limits.max_inputs_per_job;
             let roots = jobs.source_roots.clone();
+            let mut added = 0u64;
             let result = ingest::read_source(&path, &roots, 1000, max_input, |chunk| {
                 if jobs.shutdown.is_set() {
                     return Err(SHUTTING_DOWN.to_string());
                 }
-                handle
-                    .block_on(store.add_inputs_within(&job_id, chunk, max_inputs))
-                    .map_err(|e| e.to_string())?;
+                let n = chunk.len() as u64;
+                handle.block_on(add_source_chunk(
+                    store.as_ref(),
+                    &job_id,
+                    chunk,
+                    added,
+                    max_inputs,
+                    &jobs.shutdown,
+                ))?;
+                added += n;
                 jobs.scheduler.notify(&model);
                 Ok(())
             });
@@ -220,7 +228,7 @@ impl Jobs {
             let settled = match &result {
                 Ok(n) => {
                     tracing::info!(job = %job_id, inputs = n, source = %path.display(), "source ingested");
-                    handle.block_on(store.close_job(&job_id))
+                    handle.block_on(close_retrying(store.as_ref(), &job_id, &jobs.shutdown))
                 }
                 Err(e) => {
                     // As after a restart (`recover_unclosed`): a source that could not be read to the end
@@ -298,5 +306,71 @@ impl Jobs {
         let job = self.store.cancel_job(id).await?;
         self.scheduler.cancel(&job);
         Ok(job)
+    }
+}
+
+/// Closes a job, retrying with backoff while the store fails in a way that may pass (closing twice
+/// is harmless), until it succeeds or the server shuts down.
+async fn close_retrying(
+    store: &dyn Store,
+    job_id: &str,
+    shutdown: &ShutdownSignal,
+) -> Result<Job, sluice_store::StoreError> {
+    let mut attempt = 0u32;
+    loop {
+        match store.close_job(job_id).await {
+            Err(e) if e.failure_class().is_some_and(|c| c != "corrupt") && !shutdown.is_set() => {
+                attempt += 1;
+                if attempt <= 5 || attempt.is_multiple_of(30) {
+                    tracing::warn!(job = %job_id, error = %e, attempt, "closing the job failed; retrying");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt.min(25)))).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Adds one chunk of a source job's inputs (the job holding `added` so far), retrying with backoff
+/// while the store fails in a way that may pass (a dropped connection, a database restart, a full
+/// disk), so that a short outage does not cancel a long ingestion. A call whose answer was lost
+/// may still have committed: before each retry the job's total tells whether it did.
+async fn add_source_chunk(
+    store: &dyn Store,
+    job_id: &str,
+    chunk: Vec<(String, InputValue)>,
+    added: u64,
+    max_inputs: u64,
+    shutdown: &ShutdownSignal,
+) -> Result<(), String> {
+    let n = chunk.len() as u64;
+    let mut attempt = 0u32;
+    loop {
+        let err = match store.add_inputs_within(job_id, chunk.clone(), max_inputs).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.failure_class().is_some_and(|c| c != "corrupt") => e,
+            Err(e) => return Err(e.to_string()),
+        };
+        attempt += 1;
+        if attempt <= 5 || attempt.is_multiple_of(30) {
+            tracing::warn!(job = %job_id, error = %err, attempt, "adding source inputs failed; retrying");
+        }
+        loop {
+            if shutdown.is_set() {
+                return Err(SHUTTING_DOWN.to_string());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt.min(25)))).await;
+            match store.get_job(job_id).await {
+                Ok(Some(job)) if job.total >= added + n => return Ok(()),
+                Ok(Some(_)) => break,
+                Ok(None) => return Err(format!("job {job_id} vanished")),
+                Err(e) => {
+                    attempt += 1;
+                    if attempt <= 5 || attempt.is_multiple_of(30) {
+                        tracing::warn!(job = %job_id, error = %e, attempt, "the job store is unreachable; retrying");
+                    }
+                }
+            }
+        }
     }
 }
