@@ -84,11 +84,13 @@ const END_ITEMS_SQL: &str = "UPDATE items AS i SET state = $1, error_code = $2, 
      WHERE i.job_pk = $5 AND i.seq = r.seq";
 
 /// `claim`: up to $4 claimable items of one job in seq order, skipping rows another claim holds,
-/// leased to a node until a time; returns them.
-const CLAIM_SQL: &str = "WITH c AS (SELECT seq FROM items WHERE job_pk = $3 AND state = 'pending' \
-       AND (lease_until IS NULL OR lease_until <= $5) ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED) \
-     UPDATE items AS i SET lease_node = $1, lease_until = $2 FROM c \
-     WHERE i.job_pk = $3 AND i.seq = c.seq RETURNING i.seq, i.key, i.input_kind, i.input";
+/// leased to a node until a time; returns them. The rows are found through the partial index of
+/// pending items and updated by their `ctid` (a TID scan), so that even the generic plan of the
+/// prepared statement never scans the job's items.
+const CLAIM_SQL: &str = "UPDATE items SET lease_node = $1, lease_until = $2 WHERE ctid = ANY(ARRAY( \
+       SELECT ctid FROM items WHERE job_pk = $3 AND state = 'pending' \
+       AND (lease_until IS NULL OR lease_until <= $5) ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED)) \
+     RETURNING seq, key, input_kind, input";
 
 /// A [`Store`] in a PostgreSQL database shared by every node of an installation.
 pub struct PgStore {
