@@ -37,12 +37,9 @@ cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
 say() { printf '[bench_jobs] %s\n' "$*" >&2; }
 
-TOKENIZER="$ROOT/models/minilm-l6/tokenizer.json"
-GRAPH="$ROOT/crates/sluice-engine/tests/fixtures/text_ids.onnx"
 SAMPLE="$ROOT/data/texts/sample.jsonl"
-for f in "$TOKENIZER" "$GRAPH" "$SAMPLE"; do
-    [[ -f "$f" ]] || { echo "missing $f: run bash scripts/setup.sh first" >&2; exit 1; }
-done
+source "$ROOT/scripts/lib/text_ids_model.sh"
+check_bench_files
 command -v curl >/dev/null || { echo "curl is needed" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
 if [[ ! -x /usr/bin/time ]]; then
@@ -97,30 +94,7 @@ PY
 say "input file: $(du -h "$INPUT" | cut -f1)"
 
 # --- model ---------------------------------------------------------------------
-json_str() { python3 -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$1"; }
-cat > "$WORK/models/text-ids/model.toml" <<EOF
-description = "MiniLM tokenizer + text_ids.onnx: a text model that costs almost nothing"
-runtime = "onnx"
-model_file = $(json_str "$GRAPH")
-max_batch_size = 64
-max_batch_delay_ms = 5
-instances = 1
-device = "cpu"
-intra_op_threads = 1
-group_by_length = true
-
-[processing]
-type = "text"
-tokenizer = $(json_str "$TOKENIZER")
-max_length = 64
-input_ids = "input_ids"
-attention_mask = "attention_mask"
-# text_ids.onnx has no token_type_ids input; a name the graph lacks is not fed.
-token_type_ids = "token_type_ids"
-output = "last_hidden_state"
-pooling = "mean"
-normalize = true
-EOF
+write_text_ids_model "$WORK/models"
 
 # --- server --------------------------------------------------------------------
 PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"

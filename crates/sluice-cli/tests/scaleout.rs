@@ -206,6 +206,12 @@ impl Cluster {
         for i in [0, n / 2, n - 1] {
             assert!(unique.contains(&format!("i{i:05}")), "i{i:05} has no result");
         }
+        // Any node answers for any job alike: all state is in the store.
+        for w in &self.workers {
+            if w.try_get("/healthz").is_ok() {
+                assert_eq!(w.job(id)["counts"], job["counts"], "another node's view of the job");
+            }
+        }
     }
 }
 

@@ -9,7 +9,10 @@
 //! CLIENTS concurrent nodes (default 3; on PostgreSQL each with its own connection pool) claim it
 //! in claims of 64 until nothing is left; then the same clients record every item in batches of
 //! RECORD_BATCH (default 500, what a node's writer gathers per call).
-//! Prints inputs/s, claims/s (and items/s claimed) and records/s (items/s recorded). PostgreSQL
+//! Then, as nodes work, each client claims 64 items and records them, over and over, on a second
+//! job of ITEMS inputs.
+//! Prints inputs/s, claims/s (and items/s claimed), records/s (items/s recorded) and the
+//! claim+record loop's items/s. PostgreSQL
 //! is a database of its own on the test server (`sluice_store::test_util`: `SLUICE_TEST_POSTGRES`,
 //! else 127.0.0.1:5432, else a throwaway server).
 
@@ -47,23 +50,51 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn run(name: &str, stores: &[Arc<dyn Store>], items: usize, batch: usize) -> Result<(), Box<dyn std::error::Error>> {
-    let store = &stores[0];
+/// One claim of [`CLAIM`] items for `node`, leased for long enough.
+async fn claim(store: &dyn Store, node: &str, model: &str) -> Result<Vec<sluice_store::ItemRow>, StoreError> {
+    store
+        .claim(Claim {
+            node: node.to_owned(),
+            model: model.to_owned(),
+            limit: CLAIM,
+            lease_ms: 600_000,
+        })
+        .await
+}
+
+/// Adds `items` short texts to a new job of `model`, in chunks of 1,000, and closes it; returns its id.
+async fn filled_job(store: &dyn Store, model: &str, items: usize) -> Result<String, StoreError> {
     let job = store
         .create_job(NewJob {
-            model: "bench".into(),
+            model: model.into(),
             ..NewJob::default()
         })
         .await?;
-    let start = Instant::now();
     for chunk in (0..items).step_by(1_000) {
         let inputs: Vec<(String, InputValue)> = (chunk..(chunk + 1_000).min(items))
-            .map(|i| (format!("k{i}"), InputValue::Text(format!("a short social media text, number {i}"))))
+            .map(|i| {
+                (
+                    format!("k{i}"),
+                    InputValue::Text(format!("a short social media text, number {i}")),
+                )
+            })
             .collect();
         store.add_inputs(&job.id, inputs).await?;
     }
-    let add_s = start.elapsed().as_secs_f64();
     store.close_job(&job.id).await?;
+    Ok(job.id)
+}
+
+async fn run(
+    name: &str,
+    stores: &[Arc<dyn Store>],
+    items: usize,
+    batch: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let store = &stores[0];
+    let start = Instant::now();
+    let job_id = filled_job(store.as_ref(), "bench", items).await?;
+    let add_s = start.elapsed().as_secs_f64();
 
     // Claims: every client claims until nothing is left.
     let start = Instant::now();
@@ -74,14 +105,7 @@ async fn run(name: &str, stores: &[Arc<dyn Store>], items: usize, batch: usize) 
             let mut claimed = Vec::new();
             let mut calls = 0u64;
             loop {
-                let rows = store
-                    .claim(Claim {
-                        node: format!("bench-{i}"),
-                        model: "bench".into(),
-                        limit: CLAIM,
-                        lease_ms: 600_000,
-                    })
-                    .await?;
+                let rows = claim(store.as_ref(), &format!("bench-{i}"), "bench").await?;
                 calls += 1;
                 if rows.is_empty() {
                     return Ok::<_, StoreError>((calls, claimed));
@@ -112,7 +136,13 @@ async fn run(name: &str, stores: &[Arc<dyn Store>], items: usize, batch: usize) 
                 let completions = batch
                     .iter()
                     .map(|(job, seq)| {
-                        Completion::done(job.clone(), *seq, serde_json::json!({"label": "en", "score": 0.97}), 1.0, 1.0)
+                        Completion::done(
+                            job.clone(),
+                            *seq,
+                            serde_json::json!({"label": "en", "score": 0.97}),
+                            1.0,
+                            1.0,
+                        )
                     })
                     .collect();
                 recorded += store.record(completions).await?;
@@ -125,14 +155,42 @@ async fn run(name: &str, stores: &[Arc<dyn Store>], items: usize, batch: usize) 
         recorded += task.await??;
     }
     let record_s = start.elapsed().as_secs_f64();
-    let done = store.get_job(&job.id).await?.ok_or("job vanished")?;
+    let done = store.get_job(&job_id).await?.ok_or("job vanished")?;
+
+    // As nodes work: each client claims 64, records them, claims again, on a second job.
+    filled_job(store.as_ref(), "bench-mixed", items).await?;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, store) in stores.iter().enumerate() {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut recorded = 0u64;
+            loop {
+                let rows = claim(store.as_ref(), &format!("mixed-{i}"), "bench-mixed").await?;
+                if rows.is_empty() {
+                    return Ok::<_, StoreError>(recorded);
+                }
+                let completions = rows
+                    .iter()
+                    .map(|r| Completion::done(r.job_id.clone(), r.seq, serde_json::json!({"label": "en"}), 1.0, 1.0))
+                    .collect();
+                recorded += store.record(completions).await?;
+            }
+        }));
+    }
+    let mut mixed_done = 0u64;
+    for task in tasks {
+        mixed_done += task.await??;
+    }
+    let mixed_s = start.elapsed().as_secs_f64();
     println!(
         "{name:>9}: add {:>9.0} inputs/s | claim {:>7.0} claims/s = {:>9.0} items/s | record {:>9.0} items/s \
-         ({} claimed, {} recorded, job {})",
+         | claim+record loop {:>8.0} items/s ({} claimed, {} recorded, job {})",
         items as f64 / add_s,
         calls as f64 / claim_s,
         claimed_items as f64 / claim_s,
         recorded as f64 / record_s,
+        mixed_done as f64 / mixed_s,
         claimed_items,
         recorded,
         done.status,

@@ -124,6 +124,16 @@
 //! and, in WAL mode, never block writes. A claim is one such transaction, so two claims never
 //! overlap; SQLite is still meant for one node (its notices do not leave the process).
 //!
+//! `PgStore` (feature `postgres`) runs each operation as one PostgreSQL transaction on a pool of
+//! connections. A claim locks the rows it leases with `FOR UPDATE SKIP LOCKED`, so concurrent
+//! claims from any number of nodes never wait for each other nor return the same item. Every
+//! statement that takes items out of `pending` (`record`, `cancel_job`, `timeout_job`) first locks
+//! the job's row (`record` locks its jobs in `pk` order, so two records cannot deadlock), which
+//! keeps the invariants above exact under concurrency; a serialization failure or deadlock reruns
+//! the transaction. A committed transaction survives the database's crash (PostgreSQL's WAL); a
+//! dropped connection fails the call, which the jobs runtime retries (`record` and claims are safe
+//! to repeat). Leases and heartbeats use the database's clock, so nodes need not agree on time.
+//!
 //! # Failed writes
 //!
 //! A write that fails (a full disk, an I/O error) is rolled back whole, and the writer connection is
