@@ -10,7 +10,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -178,30 +178,11 @@ fn job_survives_kill_9_and_completes_after_restart() {
     require_onnxruntime();
     let tmp = tempfile::tempdir().expect("tempdir");
     let models = tmp.path().join("models");
-    write_model(
-        &models,
-        "mlp",
-        &[
-            (
-                "model_file = \"model.onnx\"",
-                format!("model_file = {}", toml_path(&repo_model_file("mlp", "model.onnx"))),
-            ),
-            ("max_batch_size = 32", "max_batch_size = 8".to_string()),
-        ],
-    );
+    write_mlp(&models, 8, None);
     let root = tmp.path().join("sources");
     std::fs::create_dir(&root).expect("source root");
     let input = root.join("inputs.jsonl");
-    {
-        let mut w = std::io::BufWriter::new(File::create(&input).expect("inputs file"));
-        for i in 0..N {
-            // 512 floats, written as one-digit numbers to keep the file (and the store) small.
-            let v: Vec<u8> = (0..512).map(|j| ((i * 31 + j * 7) % 10) as u8).collect();
-            serde_json::to_writer(&mut w, &json!({"id": format!("i{i:05}"), "tensor": v})).expect("write line");
-            w.write_all(b"\n").expect("newline");
-        }
-        w.flush().expect("flush");
-    }
+    write_mlp_inputs(&input, N);
     let data = tmp.path().join("data");
     let log = tmp.path().join("server.log");
 

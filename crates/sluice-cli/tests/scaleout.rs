@@ -13,12 +13,10 @@
 mod common;
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{repo_model_file, require_onnxruntime, run_sluice, text, toml_path, write_model, ServerProc, DEADLINE};
+use common::{require_onnxruntime, run_sluice, text, write_mlp, write_mlp_inputs, ServerProc, DEADLINE};
 use serde_json::{json, Value};
 use sluice_store::test_util::TestDatabase;
 use sqlx::Connection as _;
@@ -69,36 +67,11 @@ impl Db {
     }
 }
 
-/// The MLP, 8 items a batch on one thread: a real model, slow enough that a 20,000-item job takes
-/// a while on two workers.
-fn mlp(models: &Path) {
-    write_model(
-        models,
-        "mlp",
-        &[
-            (
-                "model_file = \"model.onnx\"",
-                format!("model_file = {}", toml_path(&repo_model_file("mlp", "model.onnx"))),
-            ),
-            (
-                "max_batch_size = 32",
-                "max_batch_size = 8\nintra_op_threads = 1".to_string(),
-            ),
-        ],
-    );
-}
-
 /// `n` MLP inputs `i00000`.. in a JSONL file under `root`.
 fn source(root: &Path, n: usize) -> PathBuf {
     std::fs::create_dir_all(root).expect("source root");
     let path = root.join("inputs.jsonl");
-    let mut w = std::io::BufWriter::new(File::create(&path).expect("inputs"));
-    for i in 0..n {
-        let v: Vec<u8> = (0..512).map(|j| ((i * 31 + j * 7) % 10) as u8).collect();
-        serde_json::to_writer(&mut w, &json!({"id": format!("i{i:05}"), "tensor": v})).expect("line");
-        w.write_all(b"\n").expect("newline");
-    }
-    w.flush().expect("flush");
+    write_mlp_inputs(&path, n);
     path
 }
 
@@ -114,7 +87,9 @@ fn cluster(db: &Db, n: usize, lease_s: u64) -> Cluster {
     require_onnxruntime();
     let tmp = tempfile::tempdir().expect("tempdir");
     let models = tmp.path().join("models");
-    mlp(&models);
+    // The MLP, 8 items a batch on one thread: a real model, slow enough that a 20,000-item
+    // job takes a while on two workers.
+    write_mlp(&models, 8, Some(1));
     let root = tmp.path().join("sources");
     let input = source(&root, n);
     let lease = lease_s.to_string();

@@ -13,7 +13,7 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{repo_model_file, require_onnxruntime, toml_path, write_model, Http, ServerProc};
+use common::{require_onnxruntime, write_mlp, Http, ServerProc};
 use serde_json::{json, Value};
 
 /// The grace period given to the server.
@@ -28,20 +28,7 @@ fn count(job: &Value, name: &str) -> u64 {
 /// The MLP at batch size 1 on one thread: slow enough that a 10,000-item job
 /// runs for many seconds.
 fn slow_mlp(models: &Path) {
-    write_model(
-        models,
-        "mlp",
-        &[
-            (
-                "model_file = \"model.onnx\"",
-                format!("model_file = {}", toml_path(&repo_model_file("mlp", "model.onnx"))),
-            ),
-            (
-                "max_batch_size = 32",
-                "max_batch_size = 1\nintra_op_threads = 1".to_string(),
-            ),
-        ],
-    );
+    write_mlp(models, 1, Some(1));
 }
 
 fn tensor_line(i: usize) -> Value {

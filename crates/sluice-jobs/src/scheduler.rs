@@ -6,7 +6,10 @@
 //! items in flight per model (the batch window when the model groups by
 //! length, plus a few batches), so the engine's queues stay short: a job
 //! submitted behind a ten-million-item job gets its items in after at most
-//! that window, not after the backlog.
+//! that window, not after the backlog. Claimed items wait in a small local
+//! buffer (one claim) and enter the engine as window slots free up; the next
+//! claim is sent when the buffer empties, so the store's answer arrives while
+//! the model still has a full window to run.
 //!
 //! The feeder **claims** items ([`Store::claim`]): each claim leases a batch
 //! of pending items to this node for [`SchedulerConfig::lease`], and the
@@ -25,14 +28,14 @@
 //! after a crash an item is claimed again once its lease expires (at once
 //! when the node restarts under the same id: it releases its old leases).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sluice_core::{Input, ItemErrorKind, ItemId};
 use sluice_engine::{CancelFlag, Completion, Model, Reply, SubmitOptions};
-use sluice_store::{Claim, Completion as Recorded, InputValue, ItemState, Job, Store};
+use sluice_store::{Claim, Completion as Recorded, InputValue, ItemRow, ItemState, Job, Store};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -252,6 +255,13 @@ fn idle_wait(lease: Duration) -> Duration {
 
 /// Claims the model's items from the store and submits them, keeping at most
 /// `window` in flight.
+///
+/// Claimed rows wait in a local buffer (at most one claim, half a window) and
+/// go to the engine one permit at a time. The next claim is made as soon as
+/// the buffer is empty, without waiting for permits, so the store round-trip
+/// overlaps the batches in flight and the model's bulk lane never drains
+/// while a claim is answered. Buffered rows are leased to this node like the
+/// running ones: the heartbeat renews them, a graceful stop releases them.
 async fn feeder(
     sched: Arc<Scheduler>,
     model: Model,
@@ -264,13 +274,13 @@ async fn feeder(
     let store = sched.store.clone();
     let cfg = sched.cfg.clone();
     let mut notices = store.work_notices();
-    // Claim in chunks of half the window (so the next claim overlaps the
-    // running batches), never more than a page.
+    // Claim in chunks of half the window, never more than a page.
     let chunk = u32::try_from((window / 2).max(1))
         .unwrap_or(u32::MAX)
         .min(cfg.page_size.max(1));
     let lease_ms = u64::try_from(cfg.lease.as_millis()).unwrap_or(u64::MAX);
     let mut tags: HashMap<String, Arc<str>> = HashMap::new();
+    let mut buffer: VecDeque<ItemRow> = VecDeque::new();
     let mut last_check = Instant::now();
     let mut failures = 0u32;
     loop {
@@ -289,96 +299,97 @@ async fn feeder(
                     tags.remove(&id);
                     sched.settle_flags(|job| job == id);
                 }
+                buffer.retain(|row| live.contains(row.job_id.as_str()));
             }
         }
-        let Ok(taken) = permits.clone().acquire_many_owned(chunk).await else {
-            return;
-        };
-        let claim = Claim {
-            node: cfg.node_id.clone(),
-            model: name.clone(),
-            limit: chunk,
-            lease_ms,
-        };
-        let rows = match store.claim(claim).await {
-            Ok(rows) => {
-                failures = 0;
-                rows
-            }
-            Err(e) => {
-                drop(taken);
-                failures += 1;
-                if failures <= 5 || failures.is_multiple_of(30) {
-                    tracing::warn!(model = %name, error = %e, attempt = failures, "cannot claim items; retrying");
-                }
-                tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(30)))).await;
-                continue;
-            }
-        };
-        // One permit per claimed item stays taken until its completion is
-        // handed to the writer; the rest go back.
-        let used = u32::try_from(rows.len()).unwrap_or(chunk);
-        let mut taken = taken;
-        if used < chunk {
-            if let Some(rest) = taken.split(usize::try_from(chunk - used).unwrap_or(0)) {
-                drop(rest);
-            }
-        }
-        taken.forget();
-        if rows.is_empty() {
-            // Nothing to claim: sleep until a notice for this model, a local
-            // wake-up, or the idle period.
-            let wait = async {
-                loop {
-                    match notices.recv().await {
-                        Ok(m) if m == name || m == "*" => return,
-                        Ok(_) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                }
+        let Some(row) = buffer.pop_front() else {
+            let claim = Claim {
+                node: cfg.node_id.clone(),
+                model: name.clone(),
+                limit: chunk,
+                lease_ms,
             };
-            tokio::select! {
-                () = wait => {}
-                () = wake.notified() => {}
-                () = tokio::time::sleep(idle_wait(cfg.lease)) => {}
+            match store.claim(claim).await {
+                Ok(rows) if rows.is_empty() => {
+                    failures = 0;
+                    wait_for_work(&mut notices, &wake, &name, idle_wait(cfg.lease)).await;
+                }
+                Ok(rows) => {
+                    failures = 0;
+                    buffer.extend(rows);
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures <= 5 || failures.is_multiple_of(30) {
+                        tracing::warn!(model = %name, error = %e, attempt = failures, "cannot claim items; retrying");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(30)))).await;
+                }
             }
             continue;
-        }
-        for row in rows {
-            let tag = tags
-                .entry(row.job_id.clone())
-                .or_insert_with(|| Arc::from(row.job_id.as_str()))
-                .clone();
-            let cancel = sched.flag(&row.job_id);
-            let id = ItemId::Job { job: tag, seq: row.seq };
-            match to_input(row.input) {
-                Ok(input) => {
-                    let opts = SubmitOptions { cancel: Some(cancel) };
-                    if model
-                        .submit_with(id, input, Reply::Stream(tx.clone()), opts)
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
+        };
+        // One permit per item stays taken until its completion is handed to
+        // the writer (the writer's releaser gives it back).
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        permit.forget();
+        let tag = tags
+            .entry(row.job_id.clone())
+            .or_insert_with(|| Arc::from(row.job_id.as_str()))
+            .clone();
+        let cancel = sched.flag(&row.job_id);
+        let id = ItemId::Job { job: tag, seq: row.seq };
+        match to_input(row.input) {
+            Ok(input) => {
+                let opts = SubmitOptions { cancel: Some(cancel) };
+                if model
+                    .submit_with(id, input, Reply::Stream(tx.clone()), opts)
+                    .await
+                    .is_err()
+                {
+                    return;
                 }
-                Err(message) => {
-                    let failed = Completion {
-                        id,
-                        result: Err(sluice_core::ItemError::invalid(message)),
-                        queue_time: Duration::ZERO,
-                        run_time: Duration::ZERO,
-                        batch_size: 0,
-                    };
-                    if tx.send(failed).await.is_err() {
-                        return;
-                    }
+            }
+            Err(message) => {
+                let failed = Completion {
+                    id,
+                    result: Err(sluice_core::ItemError::invalid(message)),
+                    queue_time: Duration::ZERO,
+                    run_time: Duration::ZERO,
+                    batch_size: 0,
+                };
+                if tx.send(failed).await.is_err() {
+                    return;
                 }
             }
         }
+    }
+}
+
+/// Sleeps until a work notice for `model`, a local wake-up, or `idle`.
+async fn wait_for_work(
+    notices: &mut tokio::sync::broadcast::Receiver<String>,
+    wake: &Notify,
+    model: &str,
+    idle: Duration,
+) {
+    let notice = async {
+        loop {
+            match notices.recv().await {
+                Ok(m) if m == model || m == "*" => return,
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = notice => {}
+        () = wake.notified() => {}
+        () = tokio::time::sleep(idle) => {}
     }
 }
 

@@ -274,42 +274,30 @@ async fn probe_write_follows_the_disk() -> TestResult {
     Ok(())
 }
 
-/// Issue 10, finding 8: a job created with its inputs appears whole or not at all.
+/// Issue 10, finding 8: a job created with its inputs appears whole or not at all, also
+/// when the disk fills up mid-insert (the other failures are in the conformance suite).
 #[tokio::test]
-async fn create_with_inputs_is_all_or_nothing() -> TestResult {
+async fn create_with_inputs_on_a_full_disk_leaves_nothing() -> TestResult {
     let dir = TempDir::new()?;
     let sqlite = SqliteStore::open(dir.path()).await?;
     let store: Arc<dyn Store> = Arc::new(sqlite.clone());
-    let listed = |store: Arc<dyn Store>| async move {
-        Ok::<_, StoreError>(store.list_jobs(JobFilter::default()).await?.0.len())
-    };
-
-    let mut dup = texts(0..5);
-    dup.push(("k2".into(), InputValue::Text("again".into())));
-    assert!(matches!(
-        store.create_job_with_inputs(new_job("m"), dup, 100).await,
-        Err(StoreError::DuplicateKey(k)) if k == "k2"
-    ));
-    assert!(matches!(
-        store.create_job_with_inputs(new_job("m"), texts(0..11), 10).await,
-        Err(StoreError::TooManyInputs { limit: 10 })
-    ));
     sqlite.set_max_page_count(Some(1)).await?;
     let full = store
         .create_job_with_inputs(new_job("m"), big_texts(0..200), 1_000)
         .await;
     assert_eq!(full.err().and_then(|e| e.failure_class()), Some("disk_full"));
     sqlite.set_max_page_count(None).await?;
-    assert_eq!(listed(store.clone()).await?, 0, "a failed create left a job behind");
-
-    let created = store.create_job_with_inputs(new_job("m"), texts(0..50), 50).await?;
     assert_eq!(
-        (created.total, created.closed, created.status),
-        (50, true, JobStatus::Submitted)
+        store.list_jobs(JobFilter::default()).await?.0.len(),
+        0,
+        "a failed create left a job behind"
     );
-    assert_eq!(listed(store.clone()).await?, 1);
-    let completions: Vec<Completion> = (0..50).map(|seq| done(&created, seq)).collect();
-    store.record(completions).await?;
-    assert_eq!(job(&store, &created.id).await?.status, JobStatus::Completed);
+
+    // Once the disk has room again, the same create succeeds whole.
+    let created = store
+        .create_job_with_inputs(new_job("m"), big_texts(0..200), 1_000)
+        .await?;
+    assert_eq!((created.total, created.closed), (200, true));
+    assert_eq!(store.list_jobs(JobFilter::default()).await?.0.len(), 1);
     Ok(())
 }

@@ -73,6 +73,39 @@ pub fn write_model(dir: &Path, name: &str, replacements: &[(&str, String)]) {
     std::fs::write(dir.join(name).join("model.toml"), text).expect("write model.toml");
 }
 
+/// Writes `dir/mlp/model.toml`: the repository's 3-layer MLP at `max_batch_size`, on
+/// `intra_op_threads` threads when given.
+pub fn write_mlp(dir: &Path, max_batch_size: usize, intra_op_threads: Option<usize>) {
+    let mut batch = format!("max_batch_size = {max_batch_size}");
+    if let Some(t) = intra_op_threads {
+        batch.push_str(&format!("\nintra_op_threads = {t}"));
+    }
+    write_model(
+        dir,
+        "mlp",
+        &[
+            (
+                "model_file = \"model.onnx\"",
+                format!("model_file = {}", toml_path(&repo_model_file("mlp", "model.onnx"))),
+            ),
+            ("max_batch_size = 32", batch),
+        ],
+    );
+}
+
+/// Writes `n` MLP inputs with the ids `i00000`, `i00001`, .. as JSONL to `path`:
+/// 512 values each, written as one-digit numbers to keep the file (and the store) small.
+pub fn write_mlp_inputs(path: &Path, n: usize) {
+    use std::io::Write as _;
+    let mut w = std::io::BufWriter::new(File::create(path).expect("inputs file"));
+    for i in 0..n {
+        let v: Vec<u8> = (0..512).map(|j| ((i * 31 + j * 7) % 10) as u8).collect();
+        serde_json::to_writer(&mut w, &serde_json::json!({"id": format!("i{i:05}"), "tensor": v})).expect("write line");
+        w.write_all(b"\n").expect("newline");
+    }
+    w.flush().expect("flush");
+}
+
 /// A TOML string literal for a path.
 pub fn toml_path(p: &Path) -> String {
     toml_str(&p.display().to_string())
