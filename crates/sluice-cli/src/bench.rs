@@ -21,7 +21,7 @@ use sluice_core::{Backend, DType, Input, ModelSpec, Tensor, TensorData};
 use sluice_engine::{CancelFlag, Completion, Model, Prepared, Reply, SubmitOptions};
 use tokio::sync::mpsc;
 
-use crate::inputs::{Fields, Kind, Source};
+use crate::inputs::{self, Kind};
 use crate::Overrides;
 
 /// Arguments of `sluice bench`.
@@ -246,11 +246,12 @@ async fn prepare_samples(
     };
     let raw: Vec<Input> = match input.or(default) {
         Some(path) => {
-            let source = Source::open(path, kind).with_context(|| format!("bench inputs ({path}); pass --input"))?;
-            let fields = Fields::new(kind, "id", None);
-            let mut rx = source.stream(kind, fields);
+            let source =
+                inputs::open(path, kind, "id", None).with_context(|| format!("bench inputs ({path}); pass --input"))?;
+            let mut rx = inputs::stream(source);
             let mut v = Vec::new();
             while let Some(item) = rx.recv().await {
+                let item = item.with_context(|| format!("reading bench inputs ({path})"))?;
                 if let Ok(i) = item.input {
                     v.push(i);
                 }

@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use sluice_core::Input;
 
-use crate::inputs::{Fields, Kind, Source};
+use crate::inputs::{self, Kind};
 
 /// Where the server is.
 #[derive(Args, Debug, Clone)]
@@ -207,9 +207,8 @@ async fn submit(http: &reqwest::Client, base: &str, args: SubmitArgs) -> anyhow:
             }
         }
     };
-    let source = Source::open(&args.input, kind)?;
+    let source = inputs::open(&args.input, kind, &args.id_field, args.field.as_deref())?;
     let total = source.count()?;
-    let fields = Fields::new(kind, &args.id_field, args.field.as_deref());
     let job = check(
         http.post(format!("{base}/v1/jobs"))
             .json(&serde_json::json!({
@@ -222,7 +221,7 @@ async fn submit(http: &reqwest::Client, base: &str, args: SubmitArgs) -> anyhow:
     .await?;
     let id = job["id"].as_str().context("server returned no job id")?.to_string();
     eprintln!("job {id}: uploading {total} inputs");
-    let mut rx = source.stream(kind, fields);
+    let mut rx = inputs::stream(source);
     let mut body = Vec::new();
     let mut in_body = 0usize;
     let mut skipped = 0u64;
@@ -242,16 +241,19 @@ async fn submit(http: &reqwest::Client, base: &str, args: SubmitArgs) -> anyhow:
             .with_context(|| format!("uploading inputs to job {id}"))?;
             in_body = 0;
         }
-        let Some(item) = item else { break };
+        let item = match item {
+            None => break,
+            Some(item) => item.with_context(|| format!("reading {}; job {id} stays open", args.input))?,
+        };
         match item.input {
             Ok(input) => {
-                serde_json::to_writer(&mut body, &upload_line(&item.id, input))?;
+                serde_json::to_writer(&mut body, &upload_line(&item.key, input))?;
                 body.push(b'\n');
                 in_body += 1;
             }
             Err(e) => {
                 skipped += 1;
-                eprintln!("skipping input {}: {e}", item.id);
+                eprintln!("skipping input {}: {e}", item.key);
             }
         }
     }

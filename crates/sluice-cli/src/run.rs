@@ -11,7 +11,7 @@ use sluice_core::{ItemError, ItemErrorKind};
 use sluice_engine::{CancelFlag, Completion, Model, Reply, SubmitOptions};
 use tokio::sync::mpsc;
 
-use crate::inputs::{Fields, Kind, Source};
+use crate::inputs::{self, Kind};
 use crate::Overrides;
 
 /// Arguments of `sluice run`.
@@ -64,9 +64,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut spec = crate::load_spec(&args.model)?;
     args.overrides.apply(&mut spec)?;
     let kind = Kind::of(&spec.processing);
-    let source = Source::open(&args.input, kind)?;
+    let source = inputs::open(&args.input, kind, &args.id_field, args.field.as_deref())?;
     let total = source.count()?;
-    let fields = Fields::new(kind, &args.id_field, args.field.as_deref());
     let name = spec.name.clone();
     let model = tokio::task::spawn_blocking(move || Model::load(spec)).await??;
 
@@ -90,8 +89,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     let started = Instant::now();
-    let mut items = source.stream(kind, fields);
+    let mut items = inputs::stream(source);
     let mut interrupted = false;
+    let mut read_error = None;
     let cancel = CancelFlag::new();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -100,19 +100,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             item = items.recv() => item,
             _ = &mut ctrl_c => { interrupted = true; None }
         };
-        let Some(item) = next else { break };
+        let item = match next {
+            None => break,
+            Some(Ok(item)) => item,
+            Some(Err(e)) => {
+                // The source cannot be read further: finish what was read, then fail.
+                read_error = Some(e);
+                break;
+            }
+        };
         match item.input {
             Ok(input) => {
                 let opts = SubmitOptions {
                     cancel: Some(cancel.clone()),
                 };
                 model
-                    .submit_with(item.id, input, Reply::Stream(tx.clone()), opts)
+                    .submit_with(item.key, input, Reply::Stream(tx.clone()), opts)
                     .await?;
             }
             Err(message) => {
                 let c = Completion {
-                    id: item.id.into(),
+                    id: item.key.into(),
                     result: Err(ItemError::new(ItemErrorKind::InvalidInput, message)),
                     queue_time: std::time::Duration::ZERO,
                     run_time: std::time::Duration::ZERO,
@@ -161,6 +169,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             String::new()
         }
     );
+    if let Some(e) = read_error {
+        return Err(
+            anyhow::Error::new(e).context(format!("reading {} stopped; results so far are written", args.input))
+        );
+    }
     if interrupted {
         std::process::exit(130);
     }

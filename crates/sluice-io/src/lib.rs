@@ -1,0 +1,152 @@
+//! Sluice's input layer: one reader for every place inputs come from.
+//!
+//! `sluice run`, `sluice bench`, `sluice jobs submit` and the server's
+//! `source` jobs all read through [`LocalSource`], so a file gives the same
+//! keys and the same per-item errors wherever it is used. A source is a file
+//! (JSONL, CSV or plain lines, told apart by its extension), a folder or a
+//! glob (one file per input, such as images). Records come out one at a time
+//! ([`Records`], a blocking iterator) or through a small bounded channel
+//! ([`LocalSource::stream`]): memory stays flat for any input size.
+//!
+//! # Keys and numbering (the same everywhere)
+//!
+//! - **JSONL** (`.jsonl`, `.ndjson`, `.json`): one JSON value a line. The key
+//!   is the record's `id` (or `key`) field, a string or a number; without one
+//!   it is the line number. Line numbers are **physical**: the first line of
+//!   the file is 1, and blank lines are skipped but counted, so a key or a
+//!   message points at the right line in an editor. The value is the first
+//!   of the fields `value`, `text`, `base64`, `tensor`, `input` that the
+//!   record has (other fields are ignored), or the field named by
+//!   [`Fields::value`]; a line that is not an object is the value itself.
+//! - **CSV** (`.csv`, with a header row): the key is the `id` (or `key`)
+//!   column, else the row number, where row 1 is the first row after the
+//!   header. The value is the `text` column, or the one [`Fields::value`]
+//!   names.
+//! - **Plain lines** (any other extension): one input a line, keyed by its
+//!   physical line number.
+//! - **Files** (a folder, or a glob): one input per regular file, in name
+//!   order. The key is the path relative to the folder, or for a glob the
+//!   path as it matched.
+//!
+//! A line or file that cannot be read as an input (bad JSON, not UTF-8, a
+//! missing field, a file larger than the limit, a link that leaves the
+//! allowed roots) becomes a record whose value is the error: it fails alone.
+//! Only a source that cannot be read at all is a [`SourceError`].
+
+mod confine;
+mod local;
+mod value;
+
+pub use confine::{open_confined, read_confined, ReadRefusal};
+pub use local::{LocalSource, Records};
+pub use value::{json_record, value_from_json};
+
+use std::path::PathBuf;
+
+use sluice_core::Input;
+
+/// One input read from a source: its key, and the input or why it could not
+/// be read (that input fails alone).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// The input's key (see the crate docs for the rules).
+    pub key: String,
+    /// The input, or a message that says why it could not be read.
+    pub input: Result<Input, String>,
+}
+
+/// What the consumer of a source takes, which decides how a value is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// Text (a tokenizer-based model): values must be strings.
+    Text,
+    /// Encoded bytes, such as images: files, or `base64` values.
+    Bytes,
+    /// JSON tensors: any JSON value.
+    Json,
+    /// Whatever the value's form says (jobs, whose model decides later):
+    /// a string is text, `{"text": ..}` text, `{"base64": ..}` bytes,
+    /// `{"tensor": ..}` or any other array or object a JSON tensor.
+    Any,
+}
+
+/// Which fields of JSONL records and CSV rows hold the key and the value.
+/// `None` means the default rules of the crate docs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fields {
+    /// The key field or column.
+    pub id: Option<String>,
+    /// The value field or column.
+    pub value: Option<String>,
+}
+
+/// How a source is read.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    /// What the values are read as.
+    pub want: Want,
+    /// Key and value fields.
+    pub fields: Fields,
+    /// When set, every file is opened only if it lies under one of these
+    /// (canonical) folders once its links are resolved ([`open_confined`]).
+    pub roots: Option<Vec<PathBuf>>,
+    /// Files larger than this many bytes fail alone without being read.
+    pub max_file_bytes: Option<usize>,
+}
+
+impl SourceOptions {
+    /// Default fields, no roots, no size limit.
+    pub fn new(want: Want) -> SourceOptions {
+        SourceOptions {
+            want,
+            fields: Fields::default(),
+            roots: None,
+            max_file_bytes: None,
+        }
+    }
+}
+
+/// Why a source cannot be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Nothing at the given path.
+    #[error("input {0} not found (give a file, a folder or a glob like 'frames/*.jpg')")]
+    NotFound(String),
+    /// A glob pattern that does not parse.
+    #[error("invalid glob {pattern}: {source}")]
+    Glob {
+        /// The pattern.
+        pattern: String,
+        /// Why it does not parse.
+        #[source]
+        source: glob::PatternError,
+    },
+    /// A folder or glob without a single file.
+    #[error("no files found at {0}")]
+    NoFiles(String),
+    /// The source cannot be opened or read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The source may not be opened (see [`open_confined`]).
+    #[error("cannot open {path}: {why}")]
+    Refused {
+        /// The file.
+        path: String,
+        /// Why.
+        why: ReadRefusal,
+    },
+    /// A CSV file without a header row, or without the value column.
+    #[error("CSV {path}: {message}")]
+    Csv {
+        /// The file.
+        path: String,
+        /// What is wrong with its header.
+        message: String,
+    },
+}
