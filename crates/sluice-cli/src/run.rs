@@ -1,7 +1,5 @@
-//! `sluice run`: one model over a file or folder, results streamed to JSONL.
+//! `sluice run`: one model over a file or folder, results streamed to a sink (sluice-io).
 
-use std::io::Write;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -9,6 +7,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sluice_core::{ItemError, ItemErrorKind};
 use sluice_engine::{CancelFlag, Completion, Model, Reply, SubmitOptions};
+use sluice_io::{open_sink, Ending, Outcome, PartsOptions, ResultRow, Sink, SinkInfo};
 use tokio::sync::mpsc;
 
 use crate::inputs::{self, Kind};
@@ -23,9 +22,14 @@ pub struct RunArgs {
     /// Input: JSONL / CSV / plain-text lines, or a folder or glob of images.
     #[arg(long, short)]
     input: String,
-    /// Output JSONL file, one line per input id ("-" for stdout).
+    /// Where results go: a JSONL file with one line per input id, "-" for
+    /// stdout, or a folder (a path ending in "/", or an existing folder) of
+    /// rolling parts with failed inputs in errors-*.jsonl and _manifest.json.
     #[arg(long, short, default_value = "-")]
     output: String,
+    /// In a folder output, start a new part once one holds this many bytes.
+    #[arg(long, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    max_part_bytes: u64,
     /// Field holding the input in JSONL/CSV records (default: "text", or "input" for tensor models).
     #[arg(long)]
     field: Option<String>,
@@ -39,27 +43,6 @@ pub struct RunArgs {
     overrides: Overrides,
 }
 
-/// Output line for one item: `{"id", "output"}` or `{"id", "error": {"code", "message"}}`.
-#[derive(serde::Serialize)]
-pub struct ResultLine<'a> {
-    id: &'a sluice_core::ItemId,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    output: Option<&'a sluice_core::Output>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'a ItemError>,
-}
-
-impl<'a> ResultLine<'a> {
-    /// The line for a completion.
-    pub fn of(c: &'a Completion) -> ResultLine<'a> {
-        ResultLine {
-            id: &c.id,
-            output: c.result.as_ref().ok(),
-            error: c.result.as_ref().err(),
-        }
-    }
-}
-
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut spec = crate::load_spec(&args.model)?;
     args.overrides.apply(&mut spec)?;
@@ -67,6 +50,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let source = inputs::open(&args.input, kind, &args.id_field, args.field.as_deref())?;
     let total = source.count()?;
     let name = spec.name.clone();
+    // The output is opened before the model loads, so a bad one fails at once.
+    let mut sink = open_sink(
+        &args.output,
+        PartsOptions {
+            max_part_bytes: args.max_part_bytes,
+        },
+    )?;
+    sink.begin(&SinkInfo {
+        model: name.clone(),
+        version: spec.version.clone(),
+    })?;
     let model = tokio::task::spawn_blocking(move || Model::load(spec)).await??;
 
     let bar = if args.quiet {
@@ -82,10 +76,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     bar.set_message(name.clone());
 
     let (tx, rx) = mpsc::channel::<Completion>(1024);
-    let out_path = args.output.clone();
     let writer = {
         let bar = bar.clone();
-        tokio::task::spawn_blocking(move || write_results(rx, &out_path, &bar))
+        tokio::task::spawn_blocking(move || write_results(rx, sink, &bar))
     };
 
     let started = Instant::now();
@@ -141,7 +134,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         model.join().await;
         writer.await
     };
-    let written = finish.await??;
+    let (mut sink, written) = finish.await??;
+    sink.finish(Ending {
+        complete: !interrupted && read_error.is_none(),
+    })?;
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
     let s = model.stats();
@@ -188,38 +184,44 @@ pub struct Written {
     canceled: u64,
 }
 
-fn write_results(mut rx: mpsc::Receiver<Completion>, path: &str, bar: &ProgressBar) -> anyhow::Result<Written> {
-    let sink: Box<dyn Write> = if path == "-" {
-        Box::new(std::io::stdout().lock())
-    } else {
-        let p = PathBuf::from(path);
-        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        Box::new(std::fs::File::create(&p).with_context(|| format!("cannot create {path}"))?)
-    };
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, sink);
+/// Writes each completion to the sink as it arrives; hands the sink back
+/// for [`Sink::finish`] once every completion is in.
+fn write_results(
+    mut rx: mpsc::Receiver<Completion>,
+    mut sink: Box<dyn Sink>,
+    bar: &ProgressBar,
+) -> anyhow::Result<(Box<dyn Sink>, Written)> {
     let mut w = Written {
         total: 0,
         ok: 0,
         failed: 0,
         canceled: 0,
     };
+    let mut json = Vec::with_capacity(4096);
     while let Some(c) = rx.blocking_recv() {
-        if c.result.as_ref().is_err_and(|e| e.kind == ItemErrorKind::Canceled) {
-            w.canceled += 1;
-            continue;
-        }
-        serde_json::to_writer(&mut out, &ResultLine::of(&c))?;
-        out.write_all(b"\n")?;
+        let key = c.id.to_string();
+        let outcome = match &c.result {
+            Err(e) if e.kind == ItemErrorKind::Canceled => {
+                w.canceled += 1;
+                continue;
+            }
+            Err(e) => {
+                w.failed += 1;
+                Outcome::Failed {
+                    code: e.kind.code(),
+                    message: &e.message,
+                }
+            }
+            Ok(output) => {
+                w.ok += 1;
+                json.clear();
+                serde_json::to_writer(&mut json, output)?;
+                Outcome::Ok(std::str::from_utf8(&json)?)
+            }
+        };
+        sink.write(&ResultRow { key: &key, outcome })?;
         w.total += 1;
-        if c.result.is_ok() {
-            w.ok += 1;
-        } else {
-            w.failed += 1;
-        }
         bar.inc(1);
     }
-    out.flush()?;
-    Ok(w)
+    Ok((sink, w))
 }

@@ -186,6 +186,85 @@ fn run_jsonl_writes_one_line_per_input_id_and_bad_lines_fail_alone() {
     );
 }
 
+/// Every JSON line of every file `files` of the folder `dir`, by id.
+fn read_parts(dir: &Path, files: &[serde_json::Value]) -> HashMap<String, serde_json::Value> {
+    let mut all = HashMap::new();
+    for f in files {
+        let name = f["file"].as_str().expect("part file name");
+        for (id, v) in read_results(&dir.join(name)) {
+            assert!(all.insert(id.clone(), v).is_none(), "{id} is in two parts");
+        }
+    }
+    all
+}
+
+#[test]
+fn run_into_a_folder_writes_rolling_parts_errors_apart_and_a_manifest() {
+    let model = require_model("minilm-l6");
+    let sample = std::fs::read_to_string(repo_root().join("data/texts/sample.jsonl")).expect("data/texts/sample.jsonl");
+    let mut lines: Vec<String> = sample.lines().take(80).map(str::to_string).collect();
+    lines.insert(5, r#"{"id": "empty-text", "text": ""}"#.to_string());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, lines.join("\n") + "\n").expect("write input");
+    let file = dir.path().join("one.jsonl");
+    let folder = dir.path().join("parts");
+    let folder_arg = format!("{}/", folder.display());
+    let run = |output: &str, extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--model",
+            path_str(&model),
+            "--input",
+            path_str(&input),
+            "--output",
+            output,
+            "-q",
+        ];
+        args.extend_from_slice(extra);
+        sluice(&args)
+    };
+    assert_success(&run(path_str(&file), &[]));
+    // ~4 KB per embedding line: 20 KB parts hold about five results each.
+    assert_success(&run(&folder_arg, &["--max-part-bytes", "20000"]));
+
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder.join("_manifest.json")).expect("_manifest.json"))
+            .expect("manifest is JSON");
+    assert_eq!(manifest["model"], "minilm-l6", "{manifest}");
+    assert_eq!(manifest["complete"], true, "{manifest}");
+    assert_eq!(
+        manifest["counts"],
+        serde_json::json!({"total": 81, "ok": 80, "failed": 1})
+    );
+    let parts = manifest["parts"].as_array().expect("parts");
+    assert!(parts.len() >= 10, "parts roll at 20 KB: {manifest}");
+    for p in &parts[..parts.len() - 1] {
+        assert!(
+            p["bytes"].as_u64().is_some_and(|b| b >= 20_000),
+            "a part closes at 20 KB: {p}"
+        );
+    }
+    let results = read_parts(&folder, parts);
+    let errors = read_parts(&folder, manifest["error_parts"].as_array().expect("error_parts"));
+    assert_eq!(errors.len(), 1);
+    assert_error(&errors["empty-text"], "invalid_input", "empty text");
+
+    // The same results as a run into one file, each id once.
+    let single = read_results(&file);
+    assert_eq!(single.len(), 81);
+    assert_eq!(results.len(), 80);
+    for (id, v) in &results {
+        let c = cosine(&embedding(v), &embedding(&single[id]));
+        assert!(c > 0.9999, "{id}: cosine {c}");
+    }
+
+    // A second run into the same folder would mix two runs: refused, and named.
+    let again = run(&folder_arg, &[]);
+    assert_failure(&again);
+    assert!(stderr(&again).contains("already holds results"), "{}", stderr(&again));
+}
+
 #[test]
 fn run_reads_plain_text_lines_and_csv_with_the_same_embeddings() {
     let model = require_model("minilm-l6");

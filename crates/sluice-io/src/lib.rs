@@ -1,4 +1,7 @@
-//! Sluice's input layer: one reader for every place inputs come from.
+//! Sluice's input and output layer: one reader for every place inputs come
+//! from, and one [`Sink`] trait for every place results go to (see
+//! [`open_sink`]: a JSONL file, stdout, or a folder of rolling parts with a
+//! manifest).
 //!
 //! `sluice run`, `sluice bench`, `sluice jobs submit` and the server's
 //! `source` jobs all read through [`LocalSource`], so a file gives the same
@@ -35,10 +38,15 @@
 
 mod confine;
 mod local;
+mod sink;
 mod value;
 
 pub use confine::{open_confined, read_confined, ReadRefusal};
 pub use local::{LocalSource, Records};
+pub use sink::{
+    open_sink, Counts, Ending, JsonlSink, Outcome, PartInfo, PartsOptions, PartsSink, ResultRow, Sink, SinkError,
+    SinkInfo, MANIFEST,
+};
 pub use value::{json_record, value_from_json};
 
 use std::path::PathBuf;
