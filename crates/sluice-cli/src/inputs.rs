@@ -2,7 +2,7 @@
 //! with what the model's processing takes deciding how values are read.
 
 use sluice_core::spec::ProcessingSpec;
-use sluice_io::{Fields, LocalSource, Record, SourceError, SourceOptions, Want};
+use sluice_io::{Fields, Record, Source, SourceError, SourceOptions, Want};
 use tokio::sync::mpsc;
 
 /// Records waiting between the reader thread and the model.
@@ -39,20 +39,21 @@ impl Kind {
     }
 }
 
-/// Opens `spec` (a file, a folder or a glob) for a model of `kind`; `id_field`
+/// Opens `spec` (a file, a folder, a glob, or an object-store URI such as
+/// `s3://bucket/texts.jsonl` or `s3://bucket/images/`) for a model of `kind`; `id_field`
 /// and `field` name the key and value fields of JSONL and CSV records
 /// (`id_field` "id" keeps the default rules, which also accept `key`).
-pub fn open(spec: &str, kind: Kind, id_field: &str, field: Option<&str>) -> Result<LocalSource, SourceError> {
+pub fn open(spec: &str, kind: Kind, id_field: &str, field: Option<&str>) -> Result<Source, SourceError> {
     let mut opts = SourceOptions::new(kind.want());
     opts.fields = Fields {
         id: (id_field != "id").then(|| id_field.to_owned()),
         value: field.map(str::to_owned),
     };
-    LocalSource::open(spec, opts)
+    Source::open(spec, opts)
 }
 
 /// The source's records through a small bounded channel, read on a thread
 /// of their own; an `Err` is the last item.
-pub fn stream(source: LocalSource) -> mpsc::Receiver<Result<Record, SourceError>> {
+pub fn stream(source: Source) -> mpsc::Receiver<Result<Record, SourceError>> {
     source.stream(READ_AHEAD)
 }

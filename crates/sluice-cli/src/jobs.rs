@@ -220,7 +220,10 @@ async fn submit(http: &reqwest::Client, base: &str, args: SubmitArgs) -> anyhow:
     )
     .await?;
     let id = job["id"].as_str().context("server returned no job id")?.to_string();
-    eprintln!("job {id}: uploading {total} inputs");
+    match total {
+        Some(n) => eprintln!("job {id}: uploading {n} inputs"),
+        None => eprintln!("job {id}: uploading inputs from {}", args.input),
+    }
     let mut rx = inputs::stream(source);
     let mut body = Vec::new();
     let mut in_body = 0usize;
@@ -265,7 +268,8 @@ async fn submit(http: &reqwest::Client, base: &str, args: SubmitArgs) -> anyhow:
     if !args.wait {
         return Ok(());
     }
-    let bar = ProgressBar::new(total.saturating_sub(skipped));
+    // The job's own total, read with each poll (the source's count may be unknown).
+    let bar = ProgressBar::new(total.unwrap_or(0).saturating_sub(skipped));
     bar.set_style(
         ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos}/{len} {per_sec} ETA {eta}")
             .context("progress template")?
@@ -274,6 +278,9 @@ async fn submit(http: &reqwest::Client, base: &str, args: SubmitArgs) -> anyhow:
     let final_job = loop {
         let j = check(http.get(format!("{base}/v1/jobs/{id}")).send().await?).await?;
         let c = &j["counts"];
+        if let Some(n) = c["total"].as_u64() {
+            bar.set_length(n);
+        }
         let finished = ["completed", "failed", "canceled", "timedout"]
             .iter()
             .map(|k| c[k].as_u64().unwrap_or(0))

@@ -63,13 +63,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     })?;
     let model = tokio::task::spawn_blocking(move || Model::load(spec)).await??;
 
-    let bar = if args.quiet {
-        ProgressBar::hidden()
+    // The total is known for local files; an object store is not read twice.
+    let bar = match (args.quiet, total) {
+        (true, _) => ProgressBar::hidden(),
+        (false, Some(n)) => ProgressBar::new(n),
+        (false, None) => ProgressBar::new_spinner(),
+    };
+    let template = if total.is_some() {
+        "{spinner} {msg} [{bar:40}] {pos}/{len} {per_sec} ETA {eta}"
     } else {
-        ProgressBar::new(total)
+        "{spinner} {msg} {pos} items {per_sec}"
     };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos}/{len} {per_sec} ETA {eta}")
+        ProgressStyle::with_template(template)
             .context("progress template")?
             .progress_chars("=> "),
     );

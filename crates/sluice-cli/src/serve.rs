@@ -47,9 +47,10 @@ pub struct ServeArgs {
     /// Serve only HTTP (no gRPC listener).
     #[arg(long, env = "SLUICE_NO_GRPC")]
     no_grpc: bool,
-    /// Folder whose files `source` jobs may read (repeatable); none: sources disabled.
+    /// Folder, or object-store prefix (s3://bucket/prefix, gs://.., az://..),
+    /// that `source` jobs may read (repeatable); none: sources disabled.
     #[arg(long = "source-root", env = "SLUICE_SOURCE_ROOTS", value_delimiter = ',')]
-    source_roots: Vec<PathBuf>,
+    source_roots: Vec<String>,
     /// Largest request body, MiB.
     #[arg(long, env = "SLUICE_MAX_BODY_MB", default_value_t = 64)]
     max_body_mb: usize,
@@ -99,7 +100,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 SocketAddr::new(args.listen.ip(), port)
             })
         }),
-        source_roots: args.source_roots,
+        source_roots: args
+            .source_roots
+            .iter()
+            .filter(|r| !sluice_io::is_object_uri(r))
+            .map(PathBuf::from)
+            .collect(),
+        object_source_roots: args
+            .source_roots
+            .iter()
+            .filter(|r| sluice_io::is_object_uri(r))
+            .cloned()
+            .collect(),
         limits: sluice_server::Limits {
             max_body_bytes: args.max_body_mb << 20,
             max_input_bytes: args.max_input_mb << 20,

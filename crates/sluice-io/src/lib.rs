@@ -38,11 +38,13 @@
 
 mod confine;
 mod local;
+mod object;
 mod sink;
 mod value;
 
 pub use confine::{open_confined, read_confined, ReadRefusal};
 pub use local::{LocalSource, Records};
+pub use object::{is_object_uri, ObjectSource, READS_IN_FLIGHT};
 pub use sink::{
     open_sink, Counts, Ending, JsonlSink, Outcome, PartInfo, PartsOptions, PartsSink, ResultRow, Sink, SinkError,
     SinkInfo, MANIFEST,
@@ -149,6 +151,16 @@ pub enum SourceError {
         /// Why.
         why: ReadRefusal,
     },
+    /// An object-store URI that cannot be opened or read: a bad URI, a
+    /// missing bucket, a store that refuses or cannot be reached. The
+    /// message is the store's answer; it never holds credentials.
+    #[error("cannot read {uri}: {message}")]
+    Object {
+        /// The URI.
+        uri: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A CSV file without a header row, or without the value column.
     #[error("CSV {path}: {message}")]
     Csv {
@@ -157,4 +169,64 @@ pub enum SourceError {
         /// What is wrong with its header.
         message: String,
     },
+}
+
+/// A source anywhere: a local path ([`LocalSource`]) or an object-store URI
+/// ([`ObjectSource`]), told apart by [`is_object_uri`].
+#[derive(Debug)]
+pub enum Source {
+    /// A file, folder or glob on this machine.
+    Local(LocalSource),
+    /// An object or prefix in an object store.
+    Object(ObjectSource),
+}
+
+impl Source {
+    /// Opens `spec`, a local path or an object-store URI.
+    pub fn open(spec: &str, opts: SourceOptions) -> Result<Source, SourceError> {
+        if is_object_uri(spec) {
+            ObjectSource::open(spec, opts).map(Source::Object)
+        } else {
+            LocalSource::open(spec, opts).map(Source::Local)
+        }
+    }
+
+    /// The number of records when it is known cheaply (local sources), for
+    /// a progress bar; `None` for object stores, which are not read twice.
+    pub fn count(&self) -> Result<Option<u64>, SourceError> {
+        match self {
+            Source::Local(s) => s.count().map(Some),
+            Source::Object(_) => Ok(None),
+        }
+    }
+
+    /// The records, read as they are asked for (blocking).
+    pub fn records(self) -> Result<Records, SourceError> {
+        match self {
+            Source::Local(s) => s.records(),
+            Source::Object(s) => s.records(),
+        }
+    }
+
+    /// The records through a channel of `capacity`, read on a thread of
+    /// their own; a source that stops being readable ends with its error.
+    pub fn stream(self, capacity: usize) -> tokio::sync::mpsc::Receiver<Result<Record, SourceError>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        std::thread::spawn(move || {
+            let records = match self.records() {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            for r in records {
+                let stop = r.is_err();
+                if tx.blocking_send(r).is_err() || stop {
+                    break;
+                }
+            }
+        });
+        rx
+    }
 }

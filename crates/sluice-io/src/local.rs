@@ -1,7 +1,7 @@
 //! Sources on the local file system: a file, a folder or a glob.
 
 use std::fs::File;
-use std::io::{BufRead as _, BufReader, Read as _};
+use std::io::{BufRead, BufReader, Read as _};
 use std::path::{Path, PathBuf};
 
 use tokio::sync::mpsc;
@@ -12,7 +12,7 @@ use crate::{Record, SourceError, SourceOptions, Want};
 
 /// How the records of a file are laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub(crate) enum Format {
     Jsonl,
     Csv,
     Plain,
@@ -21,12 +21,12 @@ enum Format {
 impl Format {
     /// The format a file's extension names.
     fn of(path: &Path, want: Want) -> Format {
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        match ext.as_str() {
+        Format::of_extension(path.extension().and_then(|e| e.to_str()).unwrap_or(""), want)
+    }
+
+    /// The format a file extension (without its dot) names.
+    pub(crate) fn of_extension(ext: &str, want: Want) -> Format {
+        match ext.to_ascii_lowercase().as_str() {
             "jsonl" | "ndjson" | "json" => Format::Jsonl,
             "csv" => Format::Csv,
             // A tensor model reads JSON whatever the file is called.
@@ -140,60 +140,41 @@ impl LocalSource {
 
     /// The records, read as they are asked for.
     pub fn records(self) -> Result<Records, SourceError> {
-        let state = match self.layout {
-            Layout::Files { base, files } => State::Files {
-                base,
-                files: files.into_iter(),
-            },
+        match self.layout {
+            Layout::Files { base, files } => Ok(Records {
+                state: State::Files {
+                    base,
+                    files: files.into_iter(),
+                },
+                opts: self.opts,
+            }),
             Layout::File { ref path, format } => {
                 let file = self.open_file(path)?;
-                let reader = BufReader::with_capacity(1 << 16, file);
-                if format == Format::Csv {
-                    csv_state(path, reader, &self.opts)?
-                } else {
-                    State::Lines {
-                        path: path.clone(),
-                        reader,
-                        line: 0,
-                        jsonl: format == Format::Jsonl,
-                        buf: Vec::new(),
-                    }
-                }
+                let name = path.display().to_string();
+                Records::from_reader(
+                    &name,
+                    Box::new(BufReader::with_capacity(1 << 16, file)),
+                    format,
+                    self.opts,
+                )
             }
-        };
-        Ok(Records { state, opts: self.opts })
+        }
     }
 
     /// Reads the records on a thread of their own and hands them over
     /// through a channel of `capacity` (so at most that many wait in memory).
     /// A source that stops being readable midway ends with its error.
     pub fn stream(self, capacity: usize) -> mpsc::Receiver<Result<Record, SourceError>> {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        std::thread::spawn(move || {
-            let records = match self.records() {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
-            };
-            for r in records {
-                let stop = r.is_err();
-                if tx.blocking_send(r).is_err() || stop {
-                    break;
-                }
-            }
-        });
-        rx
+        crate::Source::Local(self).stream(capacity)
     }
 }
 
-fn csv_state(path: &Path, reader: BufReader<File>, opts: &SourceOptions) -> Result<State, SourceError> {
+fn csv_state(name: &str, reader: Box<dyn BufRead + Send>, opts: &SourceOptions) -> Result<State, SourceError> {
     let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
     let headers = rdr
         .headers()
         .map_err(|e| SourceError::Csv {
-            path: path.display().to_string(),
+            path: name.to_owned(),
             message: format!("bad header row: {e}"),
         })?
         .clone();
@@ -205,7 +186,7 @@ fn csv_state(path: &Path, reader: BufReader<File>, opts: &SourceOptions) -> Resu
     let value_name = opts.fields.value.as_deref().unwrap_or("text");
     let Some(value_col) = column(value_name) else {
         return Err(SourceError::Csv {
-            path: path.display().to_string(),
+            path: name.to_owned(),
             message: format!("no '{value_name}' column (columns: {headers:?})"),
         });
     };
@@ -220,14 +201,14 @@ fn csv_state(path: &Path, reader: BufReader<File>, opts: &SourceOptions) -> Resu
 
 enum State {
     Lines {
-        path: PathBuf,
-        reader: BufReader<File>,
+        name: String,
+        reader: Box<dyn BufRead + Send>,
         line: u64,
         jsonl: bool,
         buf: Vec<u8>,
     },
     Csv {
-        rows: csv::StringRecordsIntoIter<BufReader<File>>,
+        rows: csv::StringRecordsIntoIter<Box<dyn BufRead + Send>>,
         row: u64,
         id_col: Option<usize>,
         value_col: usize,
@@ -237,6 +218,8 @@ enum State {
         base: Option<PathBuf>,
         files: std::vec::IntoIter<PathBuf>,
     },
+    /// Records read on an I/O thread (object stores).
+    Channel(mpsc::Receiver<Result<Record, SourceError>>),
     Done,
 }
 
@@ -248,6 +231,38 @@ pub struct Records {
     opts: SourceOptions,
 }
 
+impl Records {
+    /// The records of one file's content, laid out as `format`; `name`
+    /// names it in errors.
+    pub(crate) fn from_reader(
+        name: &str,
+        reader: Box<dyn BufRead + Send>,
+        format: Format,
+        opts: SourceOptions,
+    ) -> Result<Records, SourceError> {
+        let state = if format == Format::Csv {
+            csv_state(name, reader, &opts)?
+        } else {
+            State::Lines {
+                name: name.to_owned(),
+                reader,
+                line: 0,
+                jsonl: format == Format::Jsonl,
+                buf: Vec::new(),
+            }
+        };
+        Ok(Records { state, opts })
+    }
+
+    /// Records that an I/O thread reads and sends.
+    pub(crate) fn from_channel(rx: mpsc::Receiver<Result<Record, SourceError>>, opts: SourceOptions) -> Records {
+        Records {
+            state: State::Channel(rx),
+            opts,
+        }
+    }
+}
+
 impl Iterator for Records {
     type Item = Result<Record, SourceError>;
 
@@ -255,12 +270,13 @@ impl Iterator for Records {
         let item = match &mut self.state {
             State::Done => return None,
             State::Lines {
-                path,
+                name,
                 reader,
                 line,
                 jsonl,
                 buf,
-            } => next_line(path, reader, line, *jsonl, buf, &self.opts),
+            } => next_line(name, reader, line, *jsonl, buf, &self.opts),
+            State::Channel(rx) => rx.blocking_recv(),
             State::Csv {
                 rows,
                 row,
@@ -304,8 +320,8 @@ impl Iterator for Records {
 }
 
 fn next_line(
-    path: &Path,
-    reader: &mut BufReader<File>,
+    name: &str,
+    reader: &mut Box<dyn BufRead + Send>,
     line: &mut u64,
     jsonl: bool,
     buf: &mut Vec<u8>,
@@ -318,7 +334,7 @@ fn next_line(
             Ok(_) => {}
             Err(source) => {
                 return Some(Err(SourceError::Io {
-                    path: path.display().to_string(),
+                    path: name.to_owned(),
                     source,
                 }))
             }
@@ -362,12 +378,17 @@ fn file_record(path: &Path, base: Option<&Path>, opts: &SourceOptions) -> Record
         (Some(roots), max) => read_confined(path, roots, max.unwrap_or(usize::MAX)),
         (None, max) => read_limited(path, max.unwrap_or(usize::MAX)),
     };
+    bytes_record(key, bytes.map_err(|why| why.to_string()), opts.want)
+}
+
+/// The record of one whole file or object, or why it could not be read.
+pub(crate) fn bytes_record(key: String, bytes: Result<Vec<u8>, String>, want: Want) -> Record {
     let input = match bytes {
         Err(why) => Err(format!("cannot read {key}: {why}")),
-        Ok(b) => match opts.want {
+        Ok(b) => match want {
             Want::Bytes | Want::Any => Ok(sluice_core::Input::Bytes(b)),
             Want::Text | Want::Json => match String::from_utf8(b) {
-                Ok(s) => from_text(&s, opts.want),
+                Ok(s) => from_text(&s, want),
                 Err(_) => Err(format!("{key} is not UTF-8 text")),
             },
         },

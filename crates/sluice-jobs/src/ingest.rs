@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use sluice_core::Input;
-use sluice_io::{Fields, LocalSource, SourceOptions, Want};
+use sluice_io::{is_object_uri, Fields, Source, SourceOptions, Want};
 use sluice_store::InputValue;
 
 use crate::error::JobsError;
@@ -52,24 +52,83 @@ pub fn record_from_json(line: &str, n: usize) -> Result<(String, InputValue), St
     }
 }
 
-/// Resolves a `source` path, allowing only paths under the configured roots.
-pub fn resolve_source(path: &str, roots: &[PathBuf]) -> Result<PathBuf, JobsError> {
-    if roots.is_empty() {
+/// A `source` that passed the roots check: a canonical local path, or an
+/// object-store URI under an allowed object-store root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    /// A local file or folder.
+    Local(PathBuf),
+    /// An object or prefix, such as `s3://bucket/prefix/texts.jsonl`.
+    Object(String),
+}
+
+impl std::fmt::Display for SourceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceSpec::Local(p) => write!(f, "{}", p.display()),
+            SourceSpec::Object(u) => f.write_str(u),
+        }
+    }
+}
+
+/// Whether the object-store URI `uri` lies under `root` (a URI prefix that
+/// ends at a `/`), with no `.` or `..` segment, plain or percent-encoded.
+fn object_under(uri: &str, root: &str) -> bool {
+    let Some((_, rest)) = uri.split_once("://") else {
+        return false;
+    };
+    let dotted = rest.split('/').any(|seg| {
+        let decoded = seg.replace("%2e", ".").replace("%2E", ".");
+        decoded == "." || decoded == ".."
+    });
+    if dotted || rest.contains('\\') {
+        return false;
+    }
+    let root = root.trim_end_matches('/');
+    uri == root || uri.strip_prefix(root).is_some_and(|tail| tail.starts_with('/'))
+}
+
+/// Resolves a `source`, allowing only paths under the configured folders
+/// and URIs under the configured object-store prefixes.
+pub fn resolve_source(path: &str, roots: &[PathBuf], object_roots: &[String]) -> Result<SourceSpec, JobsError> {
+    if roots.is_empty() && object_roots.is_empty() {
         return Err(JobsError::Forbidden(
-            "server-side sources are disabled: start the server with --source-root DIR".into(),
+            "server-side sources are disabled: start the server with --source-root DIR or --source-root s3://BUCKET/PREFIX"
+                .into(),
         ));
     }
-    let p = Path::new(path);
-    let canonical = p
-        .canonicalize()
-        .map_err(|_| JobsError::Forbidden(format!("source {path} is not under an allowed root")))?;
-    if roots.iter().any(|r| canonical.starts_with(r)) {
-        Ok(canonical)
-    } else {
-        Err(JobsError::Forbidden(format!(
-            "source {path} is not under an allowed root"
-        )))
+    let refused = || JobsError::Forbidden(format!("source {path} is not under an allowed root"));
+    if is_object_uri(path) {
+        return if object_roots.iter().any(|r| object_under(path, r)) {
+            Ok(SourceSpec::Object(path.to_owned()))
+        } else {
+            Err(refused())
+        };
     }
+    let canonical = Path::new(path).canonicalize().map_err(|_| refused())?;
+    if roots.iter().any(|r| canonical.starts_with(r)) {
+        Ok(SourceSpec::Local(canonical))
+    } else {
+        Err(refused())
+    }
+}
+
+/// Options for reading a source of a job: any value form; local files
+/// confined to `roots`; inputs over `max_input` bytes fail alone unread.
+fn job_source_options(roots: &[PathBuf], max_input: usize) -> SourceOptions {
+    let mut opts = SourceOptions::new(Want::Any);
+    opts.roots = Some(roots.to_vec());
+    opts.max_file_bytes = Some(max_input);
+    opts
+}
+
+/// Checks that an object-store source can be opened (the bucket and the
+/// object or prefix exist), so a job on a missing one is refused at once.
+/// Blocking (network I/O): call it off the async executor.
+pub fn check_object_source(uri: &str, max_input: usize) -> Result<(), JobsError> {
+    Source::open(uri, job_source_options(&[], max_input))
+        .map(drop)
+        .map_err(|e| JobsError::Invalid(e.to_string()))
 }
 
 /// Streams a source (JSONL / CSV / plain-text file, or a folder of files)
@@ -81,20 +140,21 @@ pub fn resolve_source(path: &str, roots: &[PathBuf]) -> Result<PathBuf, JobsErro
 /// outside `roots` (a symlink planted in a folder) fails alone, with a
 /// message that says nothing about the file it points to.
 pub fn read_source(
-    path: &Path,
+    source: &SourceSpec,
     roots: &[PathBuf],
     chunk: usize,
     max_input: usize,
     mut sink: impl FnMut(Vec<(String, InputValue)>) -> Result<(), String>,
 ) -> Result<u64, String> {
-    let mut opts = SourceOptions::new(Want::Any);
-    opts.roots = Some(roots.to_vec());
-    opts.max_file_bytes = Some(max_input);
-    let spec = path
-        .to_str()
-        .ok_or_else(|| format!("source {} is not UTF-8", path.display()))?;
-    let records = LocalSource::open(spec, opts)
-        .and_then(LocalSource::records)
+    let opts = job_source_options(roots, max_input);
+    let spec = match source {
+        SourceSpec::Local(path) => path
+            .to_str()
+            .ok_or_else(|| format!("source {} is not UTF-8", path.display()))?,
+        SourceSpec::Object(uri) => uri.as_str(),
+    };
+    let records = Source::open(spec, opts)
+        .and_then(Source::records)
         .map_err(|e| e.to_string())?;
     let chunk = chunk.max(1);
     let mut buf = Vec::with_capacity(chunk);
@@ -139,6 +199,30 @@ mod tests {
     }
 
     #[test]
+    fn object_sources_only_under_their_roots() {
+        let roots = ["s3://bucket/allowed/".to_string()];
+        let ok = |u: &str| resolve_source(u, &[], &roots);
+        assert_eq!(
+            ok("s3://bucket/allowed/day1/texts.jsonl").expect("under the root"),
+            SourceSpec::Object("s3://bucket/allowed/day1/texts.jsonl".into())
+        );
+        assert!(ok("s3://bucket/allowed/").is_ok());
+        for bad in [
+            "s3://bucket/allowed-not/x.jsonl",
+            "s3://bucket/other/x.jsonl",
+            "s3://other/allowed/x.jsonl",
+            "gs://bucket/allowed/x.jsonl",
+            "s3://bucket/allowed/../other/x.jsonl",
+            "s3://bucket/allowed/%2e%2e/other/x.jsonl",
+            "s3://bucket/allowed/%2E%2E/other/x.jsonl",
+        ] {
+            assert!(matches!(ok(bad), Err(JobsError::Forbidden(_))), "{bad}");
+        }
+        // A local path is not allowed by an object-store root alone.
+        assert!(matches!(ok("/etc/passwd"), Err(JobsError::Forbidden(_))));
+    }
+
+    #[test]
     fn source_chunks_and_the_input_limit() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().canonicalize().expect("canonical");
@@ -146,7 +230,7 @@ mod tests {
         let body: String = (0..25).map(|i| format!("text {i}\n")).collect::<String>() + &"x".repeat(40);
         std::fs::write(&file, body).expect("write");
         let mut chunks = Vec::new();
-        let n = read_source(&file, std::slice::from_ref(&root), 10, 20, |c| {
+        let n = read_source(&SourceSpec::Local(file), std::slice::from_ref(&root), 10, 20, |c| {
             chunks.push(c);
             Ok(())
         })
@@ -158,7 +242,13 @@ mod tests {
         let outside = tempfile::tempdir().expect("tempdir");
         let elsewhere = outside.path().join("in.txt");
         std::fs::write(&elsewhere, "secret\n").expect("write");
-        let refused = read_source(&elsewhere, std::slice::from_ref(&root), 10, 20, |_| Ok(()));
+        let refused = read_source(
+            &SourceSpec::Local(elsewhere),
+            std::slice::from_ref(&root),
+            10,
+            20,
+            |_| Ok(()),
+        );
         assert!(refused
             .expect_err("outside")
             .contains("outside the allowed source roots"));

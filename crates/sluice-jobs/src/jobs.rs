@@ -44,6 +44,7 @@ pub struct Jobs {
     registry: Arc<Registry>,
     scheduler: Arc<Scheduler>,
     source_roots: Arc<Vec<PathBuf>>,
+    object_roots: Arc<Vec<String>>,
     limits: Limits,
     shutdown: ShutdownSignal,
     role: Role,
@@ -68,10 +69,18 @@ impl Jobs {
             registry,
             scheduler,
             source_roots,
+            object_roots: Arc::new(Vec::new()),
             limits,
             shutdown,
             role: Role::All,
         }
+    }
+
+    /// Object-store prefixes (`s3://bucket/prefix`, `gs://..`, `az://..`)
+    /// under which `source` jobs may read, besides the local roots.
+    pub fn with_object_roots(mut self, roots: Vec<String>) -> Jobs {
+        self.object_roots = Arc::new(roots);
+        self
     }
 
     /// The same service on a node of this role: a worker takes no new job
@@ -164,9 +173,17 @@ impl Jobs {
             None => None,
         };
         let source = match &req.source {
-            Some(s) => Some(ingest::resolve_source(s, &self.source_roots)?),
+            Some(s) => Some(ingest::resolve_source(s, &self.source_roots, &self.object_roots)?),
             None => None,
         };
+        if let Some(ingest::SourceSpec::Object(uri)) = &source {
+            // A missing bucket or object is the request's fault: 400 now, not a canceled job later.
+            let uri = uri.clone();
+            let max_input = self.limits.max_input_bytes;
+            tokio::task::spawn_blocking(move || ingest::check_object_source(&uri, max_input))
+                .await
+                .map_err(|e| JobsError::Invalid(format!("the source could not be checked: {e}")))??;
+        }
         let new = NewJob {
             model: req.model.clone(),
             version: req.version,
@@ -194,7 +211,7 @@ impl Jobs {
         Ok(job)
     }
 
-    fn spawn_source_ingest(&self, job_id: String, model: String, path: PathBuf) {
+    fn spawn_source_ingest(&self, job_id: String, model: String, path: ingest::SourceSpec) {
         let handle = tokio::runtime::Handle::current();
         let jobs = self.clone();
         tokio::task::spawn_blocking(move || {
@@ -227,14 +244,14 @@ impl Jobs {
             }
             let settled = match &result {
                 Ok(n) => {
-                    tracing::info!(job = %job_id, inputs = n, source = %path.display(), "source ingested");
+                    tracing::info!(job = %job_id, inputs = n, source = %path, "source ingested");
                     handle.block_on(close_retrying(store.as_ref(), &job_id, &jobs.shutdown))
                 }
                 Err(e) => {
                     // As after a restart (`recover_unclosed`): a source that could not be read to the end
                     // is canceled rather than run, and reported COMPLETED, on part of its inputs.
                     tracing::error!(
-                        job = %job_id, error = %e, source = %path.display(),
+                        job = %job_id, error = %e, source = %path,
                         "source ingestion stopped; canceling the job"
                     );
                     let canceled = handle.block_on(store.cancel_job(&job_id));

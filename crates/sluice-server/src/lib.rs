@@ -44,6 +44,9 @@ pub struct ServerConfig {
     pub grpc_listen: Option<SocketAddr>,
     /// Folders from which `source` jobs may read files.
     pub source_roots: Vec<PathBuf>,
+    /// Object-store prefixes (`s3://bucket/prefix`, `gs://..`, `az://..`)
+    /// under which `source` jobs may read objects.
+    pub object_source_roots: Vec<String>,
     /// Request limits.
     pub limits: Limits,
     /// How long shutdown waits for running batches.
@@ -246,7 +249,7 @@ pub async fn serve(
         .collect();
     let stop = ShutdownSignal::default();
     spawn_store_probe(store.clone(), STORE_PROBE_INTERVAL, stop.clone());
-    let state = AppState::new(
+    let mut state = AppState::new(
         registry.clone(),
         store.clone(),
         scheduler.clone(),
@@ -255,6 +258,7 @@ pub async fn serve(
         stop.clone(),
         node.clone(),
     );
+    state.jobs = state.jobs.clone().with_object_roots(cfg.object_source_roots.clone());
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServeError::Listen {

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod moto;
+
 pub const SETUP: &str = "run `bash scripts/setup.sh` in the repository root first";
 
 /// Longest a test waits for a server to start or a job to reach a state.
@@ -179,6 +181,18 @@ impl ServerProc {
         log: &Path,
         extra: &[&str],
     ) -> ServerProc {
+        ServerProc::start_env(models, data_dir, source_root, log, extra, &[])
+    }
+
+    /// [`ServerProc::start_with`] with environment variables for the server.
+    pub fn start_env(
+        models: &Path,
+        data_dir: &Path,
+        source_root: Option<&Path>,
+        log: &Path,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> ServerProc {
         let http = Http::new();
         for attempt in 0..5 {
             let free_port = || {
@@ -204,6 +218,7 @@ impl ServerProc {
                 cmd.arg("--source-root").arg(root);
             }
             cmd.args(extra);
+            cmd.envs(env.iter().map(|(k, v)| (k, v)));
             let child = cmd.spawn().expect("cannot start sluice serve");
             let mut server = ServerProc {
                 child,

@@ -1,0 +1,333 @@
+//! Sources in object stores: `s3://`, `gs://`, `az://` and `file://` URIs,
+//! through the `object_store` crate.
+//!
+//! A URI names one object (read like a local file: JSONL, CSV or plain
+//! lines by its extension, or one input for [`Want::Bytes`]) or a prefix
+//! (one input per object under it, like a local folder). A URI that ends in
+//! `/` is a prefix; otherwise it is an object when one has that key, else a
+//! prefix when objects lie under `key/`.
+//!
+//! Credentials and endpoints come from the standard environment of each
+//! store (for S3: `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP=true` for a
+//! plain-HTTP endpoint). They never appear in errors: messages name the URI
+//! and the store's answer only.
+//!
+//! All I/O runs on a thread of its own with a small Tokio runtime, never on
+//! the caller's executor. A prefix is listed as a stream and read with
+//! [`READS_IN_FLIGHT`] objects in flight, in listing order; what is read
+//! waits in a bounded channel, so memory stays bounded for any number of
+//! objects.
+
+use std::io::{BufRead, BufReader, Read};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt as _, ObjectStoreScheme};
+use tokio::sync::mpsc;
+use url::Url;
+
+use crate::local::{bytes_record, Format, Records};
+use crate::{Record, SourceError, SourceOptions, Want};
+
+/// Objects of a prefix read at the same time.
+pub const READS_IN_FLIGHT: usize = 8;
+
+/// Records (prefix) or byte chunks (one object) waiting in memory.
+const CHANNEL: usize = 64;
+
+/// Whether `spec` is an object-store URI rather than a local path.
+pub fn is_object_uri(spec: &str) -> bool {
+    spec.split_once("://").is_some_and(|(scheme, _)| {
+        matches!(
+            scheme,
+            "s3" | "s3a" | "gs" | "az" | "azure" | "abfs" | "abfss" | "adl" | "file"
+        )
+    })
+}
+
+/// What a store said, short: the S3 error code and message when the answer
+/// is an S3 error document, else the error's first line. Errors name URLs
+/// and answers, never credentials (requests are signed in headers).
+fn said(e: &object_store::Error) -> String {
+    if let object_store::Error::NotFound { .. } = e {
+        return "not found".into();
+    }
+    let text = e.to_string();
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = text[start..].find("</")? + start;
+        Some(text[start..end].to_owned())
+    };
+    if let (Some(code), Some(message)) = (tag("Code"), tag("Message")) {
+        return format!("{code}: {message}");
+    }
+    let first = text.lines().next().unwrap_or_default();
+    first.chars().take(300).collect()
+}
+
+/// Opens the store a URI names, configured from the environment.
+fn store_for(url: &Url) -> Result<(Arc<dyn ObjectStore>, ObjectPath), String> {
+    let (scheme, path) = ObjectStoreScheme::parse(url).map_err(|e| e.to_string())?;
+    let store: Arc<dyn ObjectStore> = match scheme {
+        ObjectStoreScheme::AmazonS3 => Arc::new(
+            object_store::aws::AmazonS3Builder::from_env()
+                .with_url(url.as_str())
+                .build()
+                .map_err(|e| e.to_string())?,
+        ),
+        ObjectStoreScheme::GoogleCloudStorage => Arc::new(
+            object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(url.as_str())
+                .build()
+                .map_err(|e| e.to_string())?,
+        ),
+        ObjectStoreScheme::MicrosoftAzure => Arc::new(
+            object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(url.as_str())
+                .build()
+                .map_err(|e| e.to_string())?,
+        ),
+        ObjectStoreScheme::Local => Arc::new(object_store::local::LocalFileSystem::new()),
+        other => return Err(format!("{other:?} URIs are not supported as sources")),
+    };
+    Ok((store, path))
+}
+
+/// Runs `f` to completion on a new thread with its own runtime, so it may
+/// be called from anywhere, an async task included.
+fn on_io_thread<T: Send + 'static>(f: impl std::future::Future<Output = T> + Send + 'static) -> Result<T, String> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
+        Ok(rt.block_on(f))
+    })
+    .join()
+    .map_err(|_| "the object-store reader stopped".to_string())?
+}
+
+/// Starts `f(tx)` on a thread of its own with its own runtime.
+fn spawn_io<T: Send + 'static>(
+    capacity: usize,
+    f: impl FnOnce(mpsc::Sender<T>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + 'static,
+) -> mpsc::Receiver<T> {
+    let (tx, rx) = mpsc::channel(capacity);
+    std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            rt.block_on(f(tx));
+        }
+    });
+    rx
+}
+
+#[derive(Debug)]
+enum Layout {
+    Object {
+        path: ObjectPath,
+        format: Format,
+        bytes: bool,
+    },
+    Prefix {
+        prefix: ObjectPath,
+    },
+}
+
+/// A source in an object store, opened (the URI resolved to an object or a
+/// prefix) but not yet read.
+#[derive(Debug)]
+pub struct ObjectSource {
+    uri: String,
+    store: Arc<dyn ObjectStore>,
+    layout: Layout,
+    opts: SourceOptions,
+}
+
+impl ObjectSource {
+    /// Opens `uri`: one object, or a prefix. A missing bucket or object is
+    /// [`SourceError::NotFound`]-like, naming the URI.
+    pub fn open(uri: &str, opts: SourceOptions) -> Result<ObjectSource, SourceError> {
+        let fail = |message: String| SourceError::Object {
+            uri: uri.to_owned(),
+            message,
+        };
+        let url = Url::parse(uri).map_err(|e| fail(format!("not a valid URI: {e}")))?;
+        let (store, path) = store_for(&url).map_err(fail)?;
+        let as_prefix = uri.ends_with('/') || path.as_ref().is_empty();
+        let probe = {
+            let store = store.clone();
+            let path = path.clone();
+            on_io_thread(async move {
+                if as_prefix {
+                    return Ok(false);
+                }
+                match store.head(&path).await {
+                    Ok(_) => Ok(true),
+                    Err(object_store::Error::NotFound { .. }) => Ok(false),
+                    Err(e) => Err(said(&e)),
+                }
+            })
+            .map_err(fail)?
+            .map_err(fail)?
+        };
+        let layout = if probe {
+            let ext = path.extension().unwrap_or("");
+            Layout::Object {
+                format: Format::of_extension(ext, opts.want),
+                bytes: opts.want == Want::Bytes,
+                path,
+            }
+        } else {
+            // A prefix: there must be at least one object under it.
+            let store2 = store.clone();
+            let prefix = path.clone();
+            let first = on_io_thread(async move { store2.list(Some(&prefix)).next().await.transpose() })
+                .map_err(fail)?
+                .map_err(|e| fail(said(&e)))?;
+            if first.is_none() {
+                return Err(fail("no object has this key, and none lies under it".into()));
+            }
+            Layout::Prefix { prefix: path }
+        };
+        Ok(ObjectSource {
+            uri: uri.to_owned(),
+            store,
+            layout,
+            opts,
+        })
+    }
+
+    /// The records, read as they are asked for (blocking: use them on a
+    /// thread of their own). The reads run on a thread of their own.
+    pub fn records(self) -> Result<Records, SourceError> {
+        let ObjectSource {
+            uri,
+            store,
+            layout,
+            opts,
+        } = self;
+        match layout {
+            Layout::Object { path, bytes: true, .. } => {
+                let key = path.filename().unwrap_or(path.as_ref()).to_owned();
+                let max = opts.max_file_bytes;
+                let want = opts.want;
+                let rx = spawn_io(1, move |tx| {
+                    Box::pin(async move {
+                        let got = read_object(&*store, &path, max).await;
+                        let _ = tx.send(Ok(bytes_record(key, got, want))).await;
+                    })
+                });
+                Ok(Records::from_channel(rx, opts))
+            }
+            Layout::Object { path, format, .. } => {
+                let chunks = spawn_io(CHANNEL, move |tx| {
+                    Box::pin(async move {
+                        let mut body = match store.get(&path).await {
+                            Ok(r) => r.into_stream(),
+                            Err(e) => {
+                                let _ = tx.send(Err(std::io::Error::other(said(&e)))).await;
+                                return;
+                            }
+                        };
+                        while let Some(chunk) = body.next().await {
+                            let chunk = chunk.map_err(|e| std::io::Error::other(said(&e)));
+                            let stop = chunk.is_err();
+                            if tx.send(chunk).await.is_err() || stop {
+                                return;
+                            }
+                        }
+                    })
+                });
+                let reader: Box<dyn BufRead + Send> = Box::new(BufReader::with_capacity(
+                    1 << 16,
+                    ChannelReader {
+                        rx: chunks,
+                        chunk: Default::default(),
+                    },
+                ));
+                Records::from_reader(&uri, reader, format, opts)
+            }
+            Layout::Prefix { prefix } => {
+                let max = opts.max_file_bytes;
+                let want = opts.want;
+                let rx = spawn_io(CHANNEL, move |tx| {
+                    Box::pin(async move {
+                        let base = prefix.clone();
+                        let list = store.list(Some(&prefix));
+                        let store = &store;
+                        let mut reads = list
+                            .map_err(|e| said(&e))
+                            .map_ok(|meta| {
+                                let base = &base;
+                                async move {
+                                    let key = relative_key(&meta.location, base);
+                                    let got = if max.is_some_and(|m| meta.size > m as u64) {
+                                        Err(format!("it is larger than the limit of {} bytes", max.unwrap_or(0)))
+                                    } else {
+                                        read_object(&**store, &meta.location, max).await
+                                    };
+                                    Ok::<Record, String>(bytes_record(key, got, want))
+                                }
+                            })
+                            .try_buffered(READS_IN_FLIGHT);
+                        while let Some(r) = reads.next().await {
+                            let item = r.map_err(|message| SourceError::Object {
+                                uri: uri.clone(),
+                                message: format!("listing stopped: {message}"),
+                            });
+                            let stop = item.is_err();
+                            if tx.send(item).await.is_err() || stop {
+                                return;
+                            }
+                        }
+                    })
+                });
+                Ok(Records::from_channel(rx, opts))
+            }
+        }
+    }
+}
+
+/// An object's key relative to the prefix it was listed under.
+fn relative_key(location: &ObjectPath, base: &ObjectPath) -> String {
+    match location.prefix_match(base) {
+        Some(parts) => parts.map(|p| p.as_ref().to_owned()).collect::<Vec<_>>().join("/"),
+        None => location.to_string(),
+    }
+}
+
+/// Reads one object whole, refusing one over `max` bytes.
+async fn read_object(store: &dyn ObjectStore, path: &ObjectPath, max: Option<usize>) -> Result<Vec<u8>, String> {
+    let got = store.get(path).await.map_err(|e| said(&e))?;
+    if let Some(m) = max {
+        if got.meta.size > m as u64 {
+            return Err(format!("it is larger than the limit of {m} bytes"));
+        }
+    }
+    got.bytes().await.map(|b| b.to_vec()).map_err(|e| said(&e))
+}
+
+/// A blocking reader over byte chunks that an I/O thread sends.
+struct ChannelReader {
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+    chunk: std::io::Cursor<Bytes>,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let n = self.chunk.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(chunk) => self.chunk = std::io::Cursor::new(chunk?),
+            }
+        }
+    }
+}
