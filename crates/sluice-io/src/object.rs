@@ -111,18 +111,20 @@ fn on_io_thread<T: Send + 'static>(f: impl std::future::Future<Output = T> + Sen
     .map_err(|_| "the object-store reader stopped".to_string())?
 }
 
-/// Starts `f(tx)` on a thread of its own with its own runtime.
+/// Starts `f(tx)` on a thread of its own with its own runtime. The runtime
+/// is built here, so a failure to build it is an error, not a channel that
+/// closes as if the source were empty.
 fn spawn_io<T: Send + 'static>(
     capacity: usize,
     f: impl FnOnce(mpsc::Sender<T>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + 'static,
-) -> mpsc::Receiver<T> {
+) -> Result<mpsc::Receiver<T>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
     let (tx, rx) = mpsc::channel(capacity);
-    std::thread::spawn(move || {
-        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            rt.block_on(f(tx));
-        }
-    });
-    rx
+    std::thread::spawn(move || rt.block_on(f(tx)));
+    Ok(rx)
 }
 
 #[derive(Debug)]
@@ -148,8 +150,9 @@ pub struct ObjectSource {
 }
 
 impl ObjectSource {
-    /// Opens `uri`: one object, or a prefix. A missing bucket or object is
-    /// [`SourceError::NotFound`]-like, naming the URI.
+    /// Opens `uri`: one object, or a prefix. A bad URI, a missing bucket, or
+    /// a key with no object at it or under it is [`SourceError::Object`],
+    /// naming the URI.
     pub fn open(uri: &str, opts: SourceOptions) -> Result<ObjectSource, SourceError> {
         let fail = |message: String| SourceError::Object {
             uri: uri.to_owned(),
@@ -158,40 +161,36 @@ impl ObjectSource {
         let url = Url::parse(uri).map_err(|e| fail(format!("not a valid URI: {e}")))?;
         let (store, path) = store_for(&url).map_err(fail)?;
         let as_prefix = uri.ends_with('/') || path.as_ref().is_empty();
-        let probe = {
+        // One round trip to the store's thread: is it an object, else is
+        // there anything under it?
+        let (is_object, any_under) = {
             let store = store.clone();
             let path = path.clone();
             on_io_thread(async move {
-                if as_prefix {
-                    return Ok(false);
+                if !as_prefix {
+                    match store.head(&path).await {
+                        Ok(_) => return Ok((true, true)),
+                        Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) => return Err(said(&e)),
+                    }
                 }
-                match store.head(&path).await {
-                    Ok(_) => Ok(true),
-                    Err(object_store::Error::NotFound { .. }) => Ok(false),
-                    Err(e) => Err(said(&e)),
-                }
+                let first = store.list(Some(&path)).next().await.transpose().map_err(|e| said(&e))?;
+                Ok((false, first.is_some()))
             })
             .map_err(fail)?
             .map_err(fail)?
         };
-        let layout = if probe {
+        let layout = if is_object {
             let ext = path.extension().unwrap_or("");
             Layout::Object {
                 format: Format::of_extension(ext, opts.want),
                 bytes: opts.want == Want::Bytes,
                 path,
             }
-        } else {
-            // A prefix: there must be at least one object under it.
-            let store2 = store.clone();
-            let prefix = path.clone();
-            let first = on_io_thread(async move { store2.list(Some(&prefix)).next().await.transpose() })
-                .map_err(fail)?
-                .map_err(|e| fail(said(&e)))?;
-            if first.is_none() {
-                return Err(fail("no object has this key, and none lies under it".into()));
-            }
+        } else if any_under {
             Layout::Prefix { prefix: path }
+        } else {
+            return Err(fail("no object has this key, and none lies under it".into()));
         };
         Ok(ObjectSource {
             uri: uri.to_owned(),
@@ -210,6 +209,13 @@ impl ObjectSource {
             layout,
             opts,
         } = self;
+        let fail = {
+            let uri = uri.clone();
+            move |message: String| SourceError::Object {
+                uri: uri.clone(),
+                message,
+            }
+        };
         match layout {
             Layout::Object { path, bytes: true, .. } => {
                 let key = path.filename().unwrap_or(path.as_ref()).to_owned();
@@ -220,7 +226,8 @@ impl ObjectSource {
                         let got = read_object(&*store, &path, max).await;
                         let _ = tx.send(Ok(bytes_record(key, got, want))).await;
                     })
-                });
+                })
+                .map_err(&fail)?;
                 Ok(Records::from_channel(rx, opts))
             }
             Layout::Object { path, format, .. } => {
@@ -241,7 +248,8 @@ impl ObjectSource {
                             }
                         }
                     })
-                });
+                })
+                .map_err(&fail)?;
                 let reader: Box<dyn BufRead + Send> = Box::new(BufReader::with_capacity(
                     1 << 16,
                     ChannelReader {
@@ -256,22 +264,14 @@ impl ObjectSource {
                 let want = opts.want;
                 let rx = spawn_io(CHANNEL, move |tx| {
                     Box::pin(async move {
-                        let base = prefix.clone();
                         let list = store.list(Some(&prefix));
-                        let store = &store;
+                        let (store, base) = (&store, &prefix);
                         let mut reads = list
                             .map_err(|e| said(&e))
-                            .map_ok(|meta| {
-                                let base = &base;
-                                async move {
-                                    let key = relative_key(&meta.location, base);
-                                    let got = if max.is_some_and(|m| meta.size > m as u64) {
-                                        Err(format!("it is larger than the limit of {} bytes", max.unwrap_or(0)))
-                                    } else {
-                                        read_object(&**store, &meta.location, max).await
-                                    };
-                                    Ok::<Record, String>(bytes_record(key, got, want))
-                                }
+                            .map_ok(|meta| async move {
+                                let key = relative_key(&meta.location, base);
+                                let got = read_object(&**store, &meta.location, max).await;
+                                Ok::<Record, String>(bytes_record(key, got, want))
                             })
                             .try_buffered(READS_IN_FLIGHT);
                         while let Some(r) = reads.next().await {
@@ -285,7 +285,8 @@ impl ObjectSource {
                             }
                         }
                     })
-                });
+                })
+                .map_err(&fail)?;
                 Ok(Records::from_channel(rx, opts))
             }
         }
