@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Benchmark of object-store sources (a benchmark, not a test: it prints
-# figures and asserts nothing about them).
+# Benchmark of object-store sources and sinks (a benchmark, not a test: it
+# prints figures and asserts nothing about them).
 #
 #   bash scripts/bench_objects.sh [N]      # N short texts, default 100,000
 #
 # In one run, on this machine: `sluice run` over N short texts on a cheap text
 # model (the real MiniLM tokenizer in front of a fixture graph, see
 # scripts/lib/text_ids_model.sh), reading the JSONL from a local file and from
-# a real S3-compatible server on loopback (moto from the project's venv), 3
-# times each, alternating; prints the median items/s and peak RSS of each and
-# their ratio. Results go to a local file in both cases.
+# a real S3-compatible server on loopback (moto from the project's venv), and
+# writing the results to a local file or to rolling parts under an S3 prefix,
+# as JSONL and as Parquet: 3 runs of each, alternating; prints the median
+# items/s and peak RSS of each and the S3/local ratios.
 # Needs: cargo, python3; bash scripts/setup.sh done (ONNX Runtime, moto).
 set -euo pipefail
 
@@ -61,34 +62,51 @@ try:
     s3.create_bucket(Bucket="bench")
     s3.upload_file(local, "bench", "texts/texts.jsonl")
 
-    def once(source):
-        out = os.path.join(work, "out.jsonl")
+    def once(source, output, fmt):
         t = time.monotonic()
         p = subprocess.Popen([bin_, "run", "--model", os.path.join(work, "models", "text-ids"),
-                              "--input", source, "--output", out, "-q"], env=env,
+                              "--input", source, "--output", output, "--output-format", fmt, "-q"], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         _, status, usage = os.wait4(p.pid, 0)
         secs = time.monotonic() - t
         err = p.stderr.read().decode(errors="replace")
         if status != 0:
-            sys.exit(f"sluice run on {source} failed:\n{err}")
-        lines = sum(1 for _ in open(out))
-        assert lines == n, f"{source}: {lines} results for {n} inputs"
+            sys.exit(f"sluice run {source} -> {output} failed:\n{err}")
+        if output.startswith("s3://"):
+            bucket, key = output[5:].split("/", 1)
+            manifest = json.loads(s3.get_object(Bucket=bucket, Key=key + "_manifest.json")["Body"].read())
+            rows = manifest["counts"]["total"]
+            for part in manifest["parts"] + manifest["error_parts"]:
+                s3.delete_object(Bucket=bucket, Key=key + part["file"])
+            s3.delete_object(Bucket=bucket, Key=key + "_manifest.json")
+        elif fmt == "parquet":
+            import pyarrow.parquet as pq
+            rows = pq.read_metadata(output).num_rows
+        else:
+            rows = sum(1 for _ in open(output))
+        assert rows == n, f"{source} -> {output}: {rows} results for {n} inputs"
         return n / secs, usage.ru_maxrss / 1024
 
-    runs = {"local file": [], "S3 (moto)": []}
+    configs = {
+        "local -> local, JSONL": (local, os.path.join(work, "out.jsonl"), "jsonl"),
+        "S3 -> S3 parts, JSONL": ("s3://bench/texts/texts.jsonl", "s3://bench/out/", "jsonl"),
+        "local -> local, Parquet": (local, os.path.join(work, "out.parquet"), "parquet"),
+        "S3 -> S3 parts, Parquet": ("s3://bench/texts/texts.jsonl", "s3://bench/out/", "parquet"),
+    }
+    runs = {k: [] for k in configs}
     for _ in range(3):
-        runs["local file"].append(once(local))
-        runs["S3 (moto)"].append(once("s3://bench/texts/texts.jsonl"))
+        for k, c in configs.items():
+            runs[k].append(once(*c))
 finally:
     server.terminate(); server.wait()
 
 print(f"{n:,} short texts, text-ids model, sluice run; median of 3 runs each, alternating")
-print(f"{'source':<12} {'items/s':>10} {'peak RSS MiB':>13}   runs (items/s)")
+print(f"{'source -> sink':<26} {'items/s':>10} {'peak RSS MiB':>13}   runs (items/s)")
 med = {}
 for k, v in runs.items():
     med[k] = statistics.median(x for x, _ in v)
-    print(f"{k:<12} {med[k]:>10,.0f} {statistics.median(r for _, r in v):>13.0f}   "
+    print(f"{k:<26} {med[k]:>10,.0f} {statistics.median(r for _, r in v):>13.0f}   "
           + ", ".join(f"{x:,.0f}" for x, _ in v))
-print(f"S3 / local: {med['S3 (moto)'] / med['local file']:.2f}x")
+for fmt in ["JSONL", "Parquet"]:
+    print(f"S3 / local, {fmt}: {med[f'S3 -> S3 parts, {fmt}'] / med[f'local -> local, {fmt}']:.2f}x")
 PYEOF

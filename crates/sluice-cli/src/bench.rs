@@ -246,8 +246,8 @@ async fn prepare_samples(
     };
     let raw: Vec<Input> = match input.or(default) {
         Some(path) => {
-            let source =
-                inputs::open(path, kind, "id", None).with_context(|| format!("bench inputs ({path}); pass --input"))?;
+            let source = inputs::open(path, kind, "id", None, &[])
+                .with_context(|| format!("bench inputs ({path}); pass --input"))?;
             let mut rx = inputs::stream(source);
             let mut v = Vec::new();
             while let Some(item) = rx.recv().await {

@@ -41,13 +41,23 @@ impl Kind {
 
 /// Opens `spec` (a file, a folder, a glob, or an object-store URI such as
 /// `s3://bucket/texts.jsonl` or `s3://bucket/images/`) for a model of `kind`; `id_field`
-/// and `field` name the key and value fields of JSONL and CSV records
-/// (`id_field` "id" keeps the default rules, which also accept `key`).
-pub fn open(spec: &str, kind: Kind, id_field: &str, field: Option<&str>) -> Result<Source, SourceError> {
+/// and `field` name the key and value fields of JSONL, CSV and Parquet records
+/// (`id_field` "id" keeps the default rules, which also accept `key`), and
+/// `keep` the input columns copied into each result row (`--keep-columns`;
+/// empty for none). Kept columns asked of a source without columns, or
+/// missing from a CSV header or a Parquet schema, are a [`SourceError`].
+pub fn open(
+    spec: &str,
+    kind: Kind,
+    id_field: &str,
+    field: Option<&str>,
+    keep: &[String],
+) -> Result<Source, SourceError> {
     let mut opts = SourceOptions::new(kind.want());
     opts.fields = Fields {
         id: (id_field != "id").then(|| id_field.to_owned()),
         value: field.map(str::to_owned),
+        keep: keep.to_vec(),
     };
     Source::open(spec, opts)
 }

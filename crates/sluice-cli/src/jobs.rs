@@ -207,7 +207,7 @@ async fn submit(http: &reqwest::Client, base: &str, args: SubmitArgs) -> anyhow:
             }
         }
     };
-    let source = inputs::open(&args.input, kind, &args.id_field, args.field.as_deref())?;
+    let source = inputs::open(&args.input, kind, &args.id_field, args.field.as_deref(), &[])?;
     let total = source.count()?;
     let job = check(
         http.post(format!("{base}/v1/jobs"))

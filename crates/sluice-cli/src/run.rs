@@ -7,7 +7,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sluice_core::{ItemError, ItemErrorKind};
 use sluice_engine::{CancelFlag, Completion, Model, Reply, SubmitOptions};
-use sluice_io::{open_sink, Ending, Outcome, PartsOptions, ResultRow, Sink, SinkInfo};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use sluice_io::{open_sink, Ending, Format, Kept, Outcome, PartsOptions, ResultRow, Sink, SinkInfo};
 use tokio::sync::mpsc;
 
 use crate::inputs::{self, Kind};
@@ -22,11 +25,21 @@ pub struct RunArgs {
     /// Input: JSONL / CSV / plain-text lines, or a folder or glob of images.
     #[arg(long, short)]
     input: String,
-    /// Where results go: a JSONL file with one line per input id, "-" for
-    /// stdout, or a folder (a path ending in "/", or an existing folder) of
-    /// rolling parts with failed inputs in errors-*.jsonl and _manifest.json.
+    /// Where results go: a JSONL or Parquet file with one row per input id,
+    /// "-" for stdout, or a folder (a path ending in "/", or an existing
+    /// folder) of rolling parts with failed inputs in errors-*.jsonl and
+    /// _manifest.json. Files and folders may be object-store URIs
+    /// (s3://bucket/out/, gs://, az://, file://).
     #[arg(long, short, default_value = "-")]
     output: String,
+    /// Format of the results: jsonl or parquet (default: the output file's
+    /// extension, else jsonl).
+    #[arg(long, value_parser = clap::value_parser!(Format))]
+    output_format: Option<Format>,
+    /// Input columns (JSONL fields, CSV or Parquet columns) copied into each
+    /// result row beside the id, comma-separated: --keep-columns lang,date.
+    #[arg(long, value_delimiter = ',')]
+    keep_columns: Vec<String>,
     /// In a folder output, start a new part once one holds this many bytes.
     #[arg(long, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     max_part_bytes: u64,
@@ -43,20 +56,36 @@ pub struct RunArgs {
     overrides: Overrides,
 }
 
+/// Result fields a kept column may not be named after.
+const RESERVED: [&str; 5] = ["id", "output", "error", "error_code", "error_message"];
+
+/// Kept columns of the items in flight, by key, until their results are written.
+type KeptInFlight = Arc<Mutex<HashMap<String, VecDeque<Kept>>>>;
+
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if let Some(name) = args.keep_columns.iter().find(|c| RESERVED.contains(&c.as_str())) {
+        anyhow::bail!("--keep-columns {name}: '{name}' is a field of every result row; keep another column");
+    }
+    if let Some(name) = args.keep_columns.iter().find(|c| c.is_empty()) {
+        anyhow::bail!("--keep-columns has an empty column name '{name}'");
+    }
     let mut spec = crate::load_spec(&args.model)?;
     args.overrides.apply(&mut spec)?;
     let kind = Kind::of(&spec.processing);
-    let source = inputs::open(&args.input, kind, &args.id_field, args.field.as_deref())?;
+    let source = inputs::open(
+        &args.input,
+        kind,
+        &args.id_field,
+        args.field.as_deref(),
+        &args.keep_columns,
+    )?;
     let total = source.count()?;
     let name = spec.name.clone();
     // The output is opened before the model loads, so a bad one fails at once.
-    let mut sink = open_sink(
-        &args.output,
-        PartsOptions {
-            max_part_bytes: args.max_part_bytes,
-        },
-    )?;
+    let mut sink = {
+        let (output, format, max_part_bytes) = (args.output.clone(), args.output_format, args.max_part_bytes);
+        tokio::task::spawn_blocking(move || open_sink(&output, format, PartsOptions { max_part_bytes })).await??
+    };
     sink.begin(&SinkInfo {
         model: name.clone(),
         version: spec.version.clone(),
@@ -82,9 +111,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     bar.set_message(name.clone());
 
     let (tx, rx) = mpsc::channel::<Completion>(1024);
+    let kept: KeptInFlight = Arc::default();
     let writer = {
         let bar = bar.clone();
-        tokio::task::spawn_blocking(move || write_results(rx, sink, &bar))
+        let kept = kept.clone();
+        tokio::task::spawn_blocking(move || write_results(rx, sink, &kept, &bar))
     };
 
     let started = Instant::now();
@@ -108,6 +139,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 break;
             }
         };
+        if let Some(k) = item.keep {
+            let mut map = kept.lock().map_err(|_| anyhow::anyhow!("kept columns lock poisoned"))?;
+            map.entry(item.key.clone()).or_default().push_back(k);
+        }
         match item.input {
             Ok(input) => {
                 let opts = SubmitOptions {
@@ -141,9 +176,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         writer.await
     };
     let (mut sink, written) = finish.await??;
-    sink.finish(Ending {
+    let ending = Ending {
         complete: !interrupted && read_error.is_none(),
-    })?;
+    };
+    // Committing may upload to an object store: off the async threads.
+    tokio::task::spawn_blocking(move || sink.finish(ending)).await??;
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
     let s = model.stats();
@@ -195,6 +232,7 @@ pub struct Written {
 fn write_results(
     mut rx: mpsc::Receiver<Completion>,
     mut sink: Box<dyn Sink>,
+    kept: &KeptInFlight,
     bar: &ProgressBar,
 ) -> anyhow::Result<(Box<dyn Sink>, Written)> {
     let mut w = Written {
@@ -206,6 +244,19 @@ fn write_results(
     let mut json = Vec::with_capacity(4096);
     while let Some(c) = rx.blocking_recv() {
         let key = c.id.to_string();
+        let row_kept = {
+            let mut map = kept.lock().map_err(|_| anyhow::anyhow!("kept columns lock poisoned"))?;
+            match map.get_mut(&key) {
+                Some(q) => {
+                    let k = q.pop_front();
+                    if q.is_empty() {
+                        map.remove(&key);
+                    }
+                    k
+                }
+                None => None,
+            }
+        };
         let outcome = match &c.result {
             Err(e) if e.kind == ItemErrorKind::Canceled => {
                 w.canceled += 1;
@@ -225,7 +276,11 @@ fn write_results(
                 Outcome::Ok(std::str::from_utf8(&json)?)
             }
         };
-        sink.write(&ResultRow { key: &key, outcome })?;
+        sink.write(&ResultRow {
+            key: &key,
+            outcome,
+            kept: row_kept.as_ref(),
+        })?;
         w.total += 1;
         bar.inc(1);
     }

@@ -123,18 +123,7 @@ fn an_image_prefix_in_s3_is_read_like_a_local_folder() {
     let moto = Moto::start();
     moto.bucket("footage");
     let images = repo_root().join("data/images");
-    let mut files: Vec<_> = std::fs::read_dir(&images)
-        .expect("data/images")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    assert!(files.len() >= 10, "data/images holds the photos");
-    for f in &files {
-        let name = f.file_name().and_then(|n| n.to_str()).expect("name");
-        moto.upload(f, "footage", &format!("drone/day1/{name}"));
-    }
+    let files = moto.upload_images("footage", "drone/day1/");
     // Not an image: it fails alone, like a corrupt local file.
     let junk = tempfile::NamedTempFile::new().expect("tempfile");
     std::fs::write(junk.path(), b"not an image").expect("write");

@@ -6,7 +6,7 @@
 //! `sluice run`, `sluice bench`, `sluice jobs submit` and the server's
 //! `source` jobs all read through [`LocalSource`], so a file gives the same
 //! keys and the same per-item errors wherever it is used. A source is a file
-//! (JSONL, CSV or plain lines, told apart by its extension), a folder or a
+//! (JSONL, CSV, Parquet or plain lines, told apart by its extension), a folder or a
 //! glob (one file per input, such as images). Records come out one at a time
 //! ([`Records`], a blocking iterator) or through a small bounded channel
 //! ([`LocalSource::stream`]): memory stays flat for any input size.
@@ -25,6 +25,16 @@
 //!   column, else the row number, where row 1 is the first row after the
 //!   header. The value is the `text` column, or the one [`Fields::value`]
 //!   names.
+//! - **Parquet** (`.parquet`): one input a row, read a row group at a time
+//!   in batches of 1024 rows (only the columns used are decoded). The key is
+//!   the [`Fields::id`] column, else `id` or `key` (strings or integers; a
+//!   null is the row number), else the row number, where row 1 is the first
+//!   row. The value is the [`Fields::value`] column, else the first of
+//!   `value`, `text`, `base64`, `tensor`, `input` the file has: a string
+//!   column is text (JSON for a tensor model; base64 bytes when the column
+//!   is `base64`), a binary column bytes, a list column of numbers a JSON
+//!   tensor. A null value fails alone. A file read with
+//!   [`Want::Bytes`] is still a table, not one input.
 //! - **Plain lines** (any other extension): one input a line, keyed by its
 //!   physical line number.
 //! - **Files** (a folder, or a glob): one input per regular file, in name
@@ -35,20 +45,36 @@
 //! missing field, a file larger than the limit, a link that leaves the
 //! allowed roots) becomes a record whose value is the error: it fails alone.
 //! Only a source that cannot be read at all is a [`SourceError`].
+//!
+//! # Kept columns
+//!
+//! [`Fields::keep`] names input columns to copy beside each result
+//! ([`Record::keep`]): JSONL fields as they are (the key and value fields
+//! may be kept too), CSV columns as strings, Parquet columns as JSON
+//! (strings, numbers, booleans, lists as arrays, structs as objects, bytes
+//! as base64, dates and times in ISO 8601). Every record, failed ones
+//! included, then keeps exactly those columns in that order, `null` where
+//! it has none. A CSV or Parquet column that the header or schema lacks is a
+//! [`SourceError`]; a source without columns is [`SourceError::NoColumns`].
 
 mod confine;
 mod local;
 mod object;
+mod parquet_source;
 mod sink;
+mod table;
+mod target;
 mod value;
 
 pub use confine::{open_confined, read_confined, ReadRefusal};
 pub use local::{LocalSource, Records};
 pub use object::{is_object_uri, ObjectSource, READS_IN_FLIGHT};
 pub use sink::{
-    open_sink, Counts, Ending, JsonlSink, Outcome, PartInfo, PartsOptions, PartsSink, ResultRow, Sink, SinkError,
-    SinkInfo, MANIFEST,
+    open_sink, Counts, Ending, FileSink, Format, JsonlSink, Outcome, PartInfo, PartsOptions, PartsSink, PartsState,
+    ResultRow, Sink, SinkError, SinkInfo, MANIFEST,
 };
+pub use table::{ParquetTable, BATCH_ROWS, ROW_GROUP_ROWS};
+pub use target::Target;
 pub use value::{json_record, value_from_json};
 
 use std::path::PathBuf;
@@ -63,7 +89,16 @@ pub struct Record {
     pub key: String,
     /// The input, or a message that says why it could not be read.
     pub input: Result<Input, String>,
+    /// The input columns to copy into the result row ([`Fields::keep`]),
+    /// by name; `None` when none are asked for.
+    pub keep: Option<Kept>,
 }
+
+/// Input columns kept beside a result (SageMaker's JoinSource): column
+/// name to value, for the columns [`Fields::keep`] names; a column the
+/// record lacks is `null`. Sinks write them in the name order of the map
+/// (alphabetical).
+pub type Kept = serde_json::Map<String, serde_json::Value>;
 
 /// What the consumer of a source takes, which decides how a value is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +123,9 @@ pub struct Fields {
     pub id: Option<String>,
     /// The value field or column.
     pub value: Option<String>,
+    /// Input columns (JSONL fields, CSV columns, Parquet columns) copied
+    /// into each result row ([`Record::keep`]); empty for none.
+    pub keep: Vec<String>,
 }
 
 /// How a source is read.
@@ -161,7 +199,8 @@ pub enum SourceError {
         /// What went wrong.
         message: String,
     },
-    /// A CSV file without a header row, or without the value column.
+    /// A CSV file without a header row, or without the value column or a
+    /// kept column.
     #[error("CSV {path}: {message}")]
     Csv {
         /// The file.
@@ -169,6 +208,21 @@ pub enum SourceError {
         /// What is wrong with its header.
         message: String,
     },
+    /// A Parquet file or object that is not one (bad magic, a corrupt
+    /// footer), that lacks the value column, a named key column or a kept
+    /// column, whose value column holds no input the model takes, or whose
+    /// read stopped midway.
+    #[error("Parquet {path}: {message}")]
+    Parquet {
+        /// The file or URI.
+        path: String,
+        /// What is wrong, naming the column when one is.
+        message: String,
+    },
+    /// Kept columns ([`Fields::keep`]) asked of a source without columns:
+    /// plain lines, a folder, a glob, a prefix, or a file read whole.
+    #[error("{0}: --keep-columns needs a JSONL, CSV or Parquet input")]
+    NoColumns(String),
 }
 
 /// A source anywhere: a local path ([`LocalSource`]) or an object-store URI

@@ -7,18 +7,25 @@ use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
 
 use crate::confine::{open_confined, read_confined, ReadRefusal};
-use crate::value::{from_text, json_record};
-use crate::{Record, SourceError, SourceOptions, Want};
+use crate::parquet_source::{row_count, LocalRows};
+use crate::value::{from_text, json_record, kept};
+use crate::{Kept, Record, SourceError, SourceOptions, Want};
 
 /// How the records of a file are laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Format {
     Jsonl,
     Csv,
+    Parquet,
     Plain,
 }
 
 impl Format {
+    /// Whether records of this format have named columns to keep.
+    pub(crate) fn has_columns(self) -> bool {
+        self != Format::Plain
+    }
+
     /// The format a file's extension names.
     fn of(path: &Path, want: Want) -> Format {
         Format::of_extension(path.extension().and_then(|e| e.to_str()).unwrap_or(""), want)
@@ -29,6 +36,7 @@ impl Format {
         match ext.to_ascii_lowercase().as_str() {
             "jsonl" | "ndjson" | "json" => Format::Jsonl,
             "csv" => Format::Csv,
+            "parquet" => Format::Parquet,
             // A tensor model reads JSON whatever the file is called.
             _ if want == Want::Json => Format::Jsonl,
             _ => Format::Plain,
@@ -54,7 +62,9 @@ pub struct LocalSource {
 
 impl LocalSource {
     /// Opens `spec`: a folder or a glob (one input per file), or a file (one
-    /// input per line or row; for [`Want::Bytes`] the file is one input).
+    /// input per line or row; for [`Want::Bytes`] the file is one input,
+    /// unless it is Parquet). Kept columns asked of a source without columns
+    /// are [`SourceError::NoColumns`].
     pub fn open(spec: &str, opts: SourceOptions) -> Result<LocalSource, SourceError> {
         let path = Path::new(spec);
         let layout = if path.is_dir() {
@@ -73,7 +83,8 @@ impl LocalSource {
                 files,
             }
         } else if path.is_file() {
-            if opts.want == Want::Bytes {
+            let format = Format::of(path, opts.want);
+            if opts.want == Want::Bytes && format != Format::Parquet {
                 Layout::Files {
                     base: None,
                     files: vec![path.to_path_buf()],
@@ -81,7 +92,7 @@ impl LocalSource {
             } else {
                 Layout::File {
                     path: path.to_path_buf(),
-                    format: Format::of(path, opts.want),
+                    format,
                 }
             }
         } else if spec.contains(['*', '?', '[']) {
@@ -100,14 +111,22 @@ impl LocalSource {
                 return Err(SourceError::NoFiles(spec.to_owned()));
             }
         }
+        let columns = matches!(&layout, Layout::File { format, .. } if format.has_columns());
+        if !opts.fields.keep.is_empty() && !columns {
+            return Err(SourceError::NoColumns(spec.to_owned()));
+        }
         Ok(LocalSource { layout, opts })
     }
 
-    /// Counts the records (one cheap pass over a file; no file is read for
-    /// a folder), for a progress bar.
+    /// Counts the records (one cheap pass over a file; a Parquet file's
+    /// footer; no file is read for a folder), for a progress bar.
     pub fn count(&self) -> Result<u64, SourceError> {
         match &self.layout {
             Layout::Files { files, .. } => Ok(files.len() as u64),
+            Layout::File {
+                path,
+                format: Format::Parquet,
+            } => row_count(&path.display().to_string(), &self.open_file(path)?),
             Layout::File { path, format } => {
                 let io = |source| SourceError::Io {
                     path: path.display().to_string(),
@@ -148,6 +167,17 @@ impl LocalSource {
                 },
                 opts: self.opts,
             }),
+            Layout::File {
+                ref path,
+                format: Format::Parquet,
+            } => {
+                let file = self.open_file(path)?;
+                let rows = LocalRows::open(&path.display().to_string(), file, &self.opts)?;
+                Ok(Records {
+                    state: State::Parquet(Box::new(rows)),
+                    opts: self.opts,
+                })
+            }
             Layout::File { ref path, format } => {
                 let file = self.open_file(path)?;
                 let name = path.display().to_string();
@@ -190,12 +220,24 @@ fn csv_state(name: &str, reader: Box<dyn BufRead + Send>, opts: &SourceOptions) 
             message: format!("no '{value_name}' column (columns: {headers:?})"),
         });
     };
+    let keep_cols = opts
+        .fields
+        .keep
+        .iter()
+        .map(|k| {
+            column(k).map(|c| (k.clone(), c)).ok_or_else(|| SourceError::Csv {
+                path: name.to_owned(),
+                message: format!("no '{k}' column to keep (columns: {headers:?})"),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(State::Csv {
         rows: rdr.into_records(),
         row: 0,
         id_col,
         value_col,
         value_name: value_name.to_owned(),
+        keep_cols: (!opts.fields.keep.is_empty()).then_some(keep_cols),
     })
 }
 
@@ -213,7 +255,11 @@ enum State {
         id_col: Option<usize>,
         value_col: usize,
         value_name: String,
+        /// Kept columns by name and position; `None` when none are asked for.
+        keep_cols: Option<Vec<(String, usize)>>,
     },
+    /// The rows of a Parquet file.
+    Parquet(Box<LocalRows>),
     Files {
         base: Option<PathBuf>,
         files: std::vec::IntoIter<PathBuf>,
@@ -242,6 +288,13 @@ impl Records {
     ) -> Result<Records, SourceError> {
         let state = if format == Format::Csv {
             csv_state(name, reader, &opts)?
+        } else if format == Format::Parquet {
+            // Parquet needs random access: local files and objects have
+            // their own readers (`parquet_source`).
+            return Err(SourceError::Parquet {
+                path: name.to_owned(),
+                message: "Parquet cannot be read as a stream of bytes".into(),
+            });
         } else {
             State::Lines {
                 name: name.to_owned(),
@@ -277,12 +330,14 @@ impl Iterator for Records {
                 buf,
             } => next_line(name, reader, line, *jsonl, buf, &self.opts),
             State::Channel(rx) => rx.blocking_recv(),
+            State::Parquet(rows) => rows.next(),
             State::Csv {
                 rows,
                 row,
                 id_col,
                 value_col,
                 value_name,
+                keep_cols,
             } => rows.next().map(|rec| {
                 *row += 1;
                 let n = *row;
@@ -296,10 +351,12 @@ impl Iterator for Records {
                             .get(*value_col)
                             .ok_or_else(|| format!("row {n} has no '{value_name}' value"))
                             .and_then(|v| from_text(v, self.opts.want)),
+                        keep: csv_kept(keep_cols.as_deref(), Some(&rec)),
                     },
                     Err(e) => Record {
                         key: n.to_string(),
                         input: Err(format!("bad CSV row {n}: {e}")),
+                        keep: csv_kept(keep_cols.as_deref(), None),
                     },
                 })
             }),
@@ -317,6 +374,21 @@ impl Iterator for Records {
             some => some,
         }
     }
+}
+
+/// The kept columns of a CSV row, as strings; `null` for a column the row
+/// is too short to have (or a row that could not be read).
+fn csv_kept(cols: Option<&[(String, usize)]>, rec: Option<&csv::StringRecord>) -> Option<Kept> {
+    cols.map(|cols| {
+        cols.iter()
+            .map(|(name, c)| {
+                let v = rec
+                    .and_then(|r| r.get(*c))
+                    .map_or(serde_json::Value::Null, |s| serde_json::Value::String(s.to_owned()));
+                (name.clone(), v)
+            })
+            .collect()
+    })
 }
 
 fn next_line(
@@ -352,6 +424,7 @@ fn next_line(
             return Some(Ok(Record {
                 key: n.to_string(),
                 input: Err(format!("line {n} is not valid UTF-8")),
+                keep: if jsonl { kept(None, &opts.fields.keep) } else { None },
             }));
         };
         if text.trim().is_empty() {
@@ -363,6 +436,7 @@ fn next_line(
             Record {
                 key: n.to_string(),
                 input: from_text(text, opts.want),
+                keep: None,
             }
         }));
     }
@@ -393,7 +467,7 @@ pub(crate) fn bytes_record(key: String, bytes: Result<Vec<u8>, String>, want: Wa
             },
         },
     };
-    Record { key, input }
+    Record { key, input, keep: None }
 }
 
 /// Reads a file, refusing one larger than `max` bytes without reading it.
@@ -473,12 +547,72 @@ mod tests {
         opts.fields = Fields {
             id: Some("lang".into()),
             value: Some("body".into()),
+            keep: Vec::new(),
         };
         let err = LocalSource::open(&spec, opts).expect("open").records().err();
         assert!(
             err.is_some_and(|e| e.to_string().contains("no 'body' column")),
             "a missing column is named"
         );
+    }
+
+    #[test]
+    fn csv_kept_columns_are_strings_by_header_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = write(dir.path(), "in.csv", b"id,text,lang,score\na,hello,en,0.5\nb,hola\n");
+        let mut opts = SourceOptions::new(Want::Text);
+        opts.fields.keep = vec!["score".into(), "id".into(), "lang".into()];
+        let r = read(&spec, opts.clone());
+        assert_eq!(keys(&r), ["a", "b"]);
+        assert_eq!(
+            r[0].keep.clone().map(serde_json::Value::Object),
+            Some(json!({"score": "0.5", "id": "a", "lang": "en"}))
+        );
+        // A short row keeps nulls for the columns it lacks.
+        assert_eq!(
+            r[1].keep.clone().map(serde_json::Value::Object),
+            Some(json!({"score": null, "id": "b", "lang": null}))
+        );
+        opts.fields.keep.push("missing".into());
+        let err = LocalSource::open(&spec, opts).expect("open").records().err();
+        assert!(
+            matches!(&err, Some(SourceError::Csv { path, message })
+                if *path == spec && message.starts_with("no 'missing' column to keep")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn jsonl_kept_fields_and_sources_without_columns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = write(dir.path(), "in.jsonl", b"{\"text\": \"a\", \"lang\": \"en\"}\n\xff\n");
+        let mut opts = SourceOptions::new(Want::Text);
+        opts.fields.keep = vec!["lang".into()];
+        let r = read(&spec, opts.clone());
+        assert_eq!(
+            r[0].keep.clone().map(serde_json::Value::Object),
+            Some(json!({"lang": "en"}))
+        );
+        assert_eq!(r[1].input, Err("line 2 is not valid UTF-8".into()));
+        assert_eq!(
+            r[1].keep.clone().map(serde_json::Value::Object),
+            Some(json!({"lang": null}))
+        );
+        // Plain lines, folders and globs have no columns to keep.
+        let lines = write(dir.path(), "in.txt", b"x\n");
+        let folder = dir.path().display().to_string();
+        for spec in [lines, folder.clone(), format!("{folder}/*.txt")] {
+            assert!(
+                matches!(LocalSource::open(&spec, opts.clone()), Err(SourceError::NoColumns(s)) if s == spec),
+                "{spec}"
+            );
+        }
+        let mut bytes = SourceOptions::new(Want::Bytes);
+        bytes.fields.keep = vec!["lang".into()];
+        assert!(matches!(
+            LocalSource::open(&spec, bytes),
+            Err(SourceError::NoColumns(_))
+        ));
     }
 
     #[test]

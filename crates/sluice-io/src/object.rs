@@ -1,8 +1,9 @@
 //! Sources in object stores: `s3://`, `gs://`, `az://` and `file://` URIs,
 //! through the `object_store` crate.
 //!
-//! A URI names one object (read like a local file: JSONL, CSV or plain
-//! lines by its extension, or one input for [`Want::Bytes`]) or a prefix
+//! A URI names one object (read like a local file: JSONL, CSV, Parquet or
+//! plain lines by its extension, or one input for [`Want::Bytes`] unless it
+//! is Parquet) or a prefix
 //! (one input per object under it, like a local folder). A URI that ends in
 //! `/` is a prefix; otherwise it is an object when one has that key, else a
 //! prefix when objects lie under `key/`.
@@ -51,7 +52,7 @@ pub fn is_object_uri(spec: &str) -> bool {
 /// What a store said, short: the S3 error code and message when the answer
 /// is an S3 error document, else the error's first line. Errors name URLs
 /// and answers, never credentials (requests are signed in headers).
-fn said(e: &object_store::Error) -> String {
+pub(crate) fn said(e: &object_store::Error) -> String {
     if let object_store::Error::NotFound { .. } = e {
         return "not found".into();
     }
@@ -70,7 +71,7 @@ fn said(e: &object_store::Error) -> String {
 }
 
 /// Opens the store a URI names, configured from the environment.
-fn store_for(url: &Url) -> Result<(Arc<dyn ObjectStore>, ObjectPath), String> {
+pub(crate) fn store_for(url: &Url) -> Result<(Arc<dyn ObjectStore>, ObjectPath), String> {
     let (scheme, path) = ObjectStoreScheme::parse(url).map_err(|e| e.to_string())?;
     let store: Arc<dyn ObjectStore> = match scheme {
         ObjectStoreScheme::AmazonS3 => Arc::new(
@@ -99,7 +100,9 @@ fn store_for(url: &Url) -> Result<(Arc<dyn ObjectStore>, ObjectPath), String> {
 
 /// Runs `f` to completion on a new thread with its own runtime, so it may
 /// be called from anywhere, an async task included.
-fn on_io_thread<T: Send + 'static>(f: impl std::future::Future<Output = T> + Send + 'static) -> Result<T, String> {
+pub(crate) fn on_io_thread<T: Send + 'static>(
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, String> {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -114,7 +117,7 @@ fn on_io_thread<T: Send + 'static>(f: impl std::future::Future<Output = T> + Sen
 /// Starts `f(tx)` on a thread of its own with its own runtime. The runtime
 /// is built here, so a failure to build it is an error, not a channel that
 /// closes as if the source were empty.
-fn spawn_io<T: Send + 'static>(
+pub(crate) fn spawn_io<T: Send + 'static>(
     capacity: usize,
     f: impl FnOnce(mpsc::Sender<T>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + 'static,
 ) -> Result<mpsc::Receiver<T>, String> {
@@ -133,6 +136,8 @@ enum Layout {
         path: ObjectPath,
         format: Format,
         bytes: bool,
+        /// The object's size, for ranged reads (Parquet).
+        size: u64,
     },
     Prefix {
         prefix: ObjectPath,
@@ -152,7 +157,8 @@ pub struct ObjectSource {
 impl ObjectSource {
     /// Opens `uri`: one object, or a prefix. A bad URI, a missing bucket, or
     /// a key with no object at it or under it is [`SourceError::Object`],
-    /// naming the URI.
+    /// naming the URI; kept columns asked of a prefix or an object without
+    /// columns are [`SourceError::NoColumns`].
     pub fn open(uri: &str, opts: SourceOptions) -> Result<ObjectSource, SourceError> {
         let fail = |message: String| SourceError::Object {
             uri: uri.to_owned(),
@@ -161,37 +167,43 @@ impl ObjectSource {
         let url = Url::parse(uri).map_err(|e| fail(format!("not a valid URI: {e}")))?;
         let (store, path) = store_for(&url).map_err(fail)?;
         let as_prefix = uri.ends_with('/') || path.as_ref().is_empty();
-        // One round trip to the store's thread: is it an object, else is
-        // there anything under it?
-        let (is_object, any_under) = {
+        // One round trip to the store's thread: is it an object (of what
+        // size), else is there anything under it?
+        let (object_size, any_under) = {
             let store = store.clone();
             let path = path.clone();
             on_io_thread(async move {
                 if !as_prefix {
                     match store.head(&path).await {
-                        Ok(_) => return Ok((true, true)),
+                        Ok(meta) => return Ok((Some(meta.size), true)),
                         Err(object_store::Error::NotFound { .. }) => {}
                         Err(e) => return Err(said(&e)),
                     }
                 }
                 let first = store.list(Some(&path)).next().await.transpose().map_err(|e| said(&e))?;
-                Ok((false, first.is_some()))
+                Ok((None, first.is_some()))
             })
             .map_err(fail)?
             .map_err(fail)?
         };
-        let layout = if is_object {
+        let layout = if let Some(size) = object_size {
             let ext = path.extension().unwrap_or("");
+            let format = Format::of_extension(ext, opts.want);
             Layout::Object {
-                format: Format::of_extension(ext, opts.want),
-                bytes: opts.want == Want::Bytes,
+                bytes: opts.want == Want::Bytes && format != Format::Parquet,
+                format,
                 path,
+                size,
             }
         } else if any_under {
             Layout::Prefix { prefix: path }
         } else {
             return Err(fail("no object has this key, and none lies under it".into()));
         };
+        let columns = matches!(&layout, Layout::Object { format, bytes: false, .. } if format.has_columns());
+        if !opts.fields.keep.is_empty() && !columns {
+            return Err(SourceError::NoColumns(uri.to_owned()));
+        }
         Ok(ObjectSource {
             uri: uri.to_owned(),
             store,
@@ -230,6 +242,12 @@ impl ObjectSource {
                 .map_err(&fail)?;
                 Ok(Records::from_channel(rx, opts))
             }
+            Layout::Object {
+                path,
+                format: Format::Parquet,
+                size,
+                ..
+            } => crate::parquet_source::object_records(&uri, store, path, size, opts),
             Layout::Object { path, format, .. } => {
                 let chunks = spawn_io(CHANNEL, move |tx| {
                     Box::pin(async move {

@@ -7,14 +7,21 @@
 //! - [`JsonlSink`]: one JSON line per input on any writer (a file or
 //!   stdout): `{"id": .., "output": ..}` or
 //!   `{"id": .., "error": {"code": .., "message": ..}}`.
-//! - [`PartsSink`]: a folder of rolling parts. Results go to
-//!   `part-00000.jsonl`, `part-00001.jsonl`, ..., a new part once one holds
-//!   [`PartsOptions::max_part_bytes`]; failed inputs go to their own parts,
-//!   `errors-00000.jsonl`, ...; [`Sink::finish`] writes `_manifest.json`
-//!   (model, version, counts, parts). A part is written under a temporary
-//!   name and renamed when it is complete, so a part that is listed or
+//! - [`PartsSink`]: a folder or an object-store prefix of rolling parts.
+//!   Results go to `part-00000.jsonl` (or `.parquet`), `part-00001...`, a
+//!   new part once one holds [`PartsOptions::max_part_bytes`]; failed inputs
+//!   go to their own parts, `errors-00000.jsonl`, ...; [`Sink::finish`]
+//!   writes `_manifest.json` (model, version, format, counts, parts). A part
+//!   is written whole to a temporary file and then committed under its final
+//!   name ([`Target`]: renamed locally, uploaded to a store), so a part
 //!   visible under its final name is whole; `_manifest.json` comes last and
 //!   marks the output as finished.
+//! - [`FileSink`]: one file, JSONL or Parquet, committed whole at the end
+//!   (a Parquet file locally, any file in an object store).
+//!
+//! Parquet output has typed columns (see [`ParquetTable`]). In JSONL and
+//! Parquet alike, kept input columns (`--keep-columns`) are columns of the
+//! row beside `id`.
 //!
 //! [`open_sink`] picks one from an `--output` argument.
 
@@ -22,7 +29,10 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::table::ParquetTable;
+use crate::target::{io_err, Target};
 
 /// The result of one input, as a sink receives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +41,9 @@ pub struct ResultRow<'a> {
     pub key: &'a str,
     /// The output or the error.
     pub outcome: Outcome<'a>,
+    /// Input columns kept beside the result (`--keep-columns`), written
+    /// as columns of the row.
+    pub kept: Option<&'a crate::Kept>,
 }
 
 /// What became of one input.
@@ -65,7 +78,7 @@ pub struct Ending {
 }
 
 /// Counts of what a sink wrote.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     /// All rows.
     pub total: u64,
@@ -105,12 +118,61 @@ pub enum SinkError {
         /// One of the files found.
         found: String,
     },
+    /// An object store refused or failed a write (after retries), or the
+    /// URI is not one. The message is the store's answer, never credentials.
+    #[error("cannot write {uri}: {message}")]
+    Object {
+        /// The object or prefix.
+        uri: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A row that cannot be written in the chosen format, or an output
+    /// argument that does not fit it.
+    #[error("{0}")]
+    Format(String),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SinkError + '_ {
-    move |source| SinkError::Io {
-        path: path.display().to_string(),
-        source,
+/// The file format of results.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One JSON object per line.
+    #[default]
+    Jsonl,
+    /// Apache Parquet with typed columns ([`ParquetTable`]).
+    Parquet,
+}
+
+impl Format {
+    /// The file extension, without the dot.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Jsonl => "jsonl",
+            Format::Parquet => "parquet",
+        }
+    }
+
+    /// The format a file name's extension names, if any.
+    pub fn of_name(name: &str) -> Option<Format> {
+        let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+        match ext.as_str() {
+            "jsonl" | "ndjson" | "json" => Some(Format::Jsonl),
+            "parquet" | "pq" => Some(Format::Parquet),
+            _ => None,
+        }
+    }
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Format, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "jsonl" => Ok(Format::Jsonl),
+            "parquet" => Ok(Format::Parquet),
+            other => Err(format!("unknown output format '{other}' (jsonl or parquet)")),
+        }
     }
 }
 
@@ -118,6 +180,12 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SinkError + '_ {
 fn write_line(out: &mut impl Write, row: &ResultRow<'_>) -> std::io::Result<()> {
     out.write_all(b"{\"id\":")?;
     serde_json::to_writer(&mut *out, row.key)?;
+    for (name, value) in row.kept.into_iter().flatten() {
+        out.write_all(b",")?;
+        serde_json::to_writer(&mut *out, name)?;
+        out.write_all(b":")?;
+        serde_json::to_writer(&mut *out, value)?;
+    }
     match row.outcome {
         Outcome::Ok(json) => {
             out.write_all(b",\"output\":")?;
@@ -204,7 +272,7 @@ impl Default for PartsOptions {
 }
 
 /// One finished part, as `_manifest.json` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartInfo {
     /// File name inside the output folder.
     pub file: String,
@@ -214,9 +282,60 @@ pub struct PartInfo {
     pub bytes: u64,
 }
 
+/// A file being written in one format.
+enum PartWriter {
+    Jsonl { out: BufWriter<File>, bytes: u64 },
+    Parquet(Box<ParquetTable<BufWriter<File>>>),
+}
+
+impl PartWriter {
+    fn new(file: File, format: Format) -> PartWriter {
+        let out = BufWriter::with_capacity(1 << 20, file);
+        match format {
+            Format::Jsonl => PartWriter::Jsonl { out, bytes: 0 },
+            Format::Parquet => PartWriter::Parquet(Box::new(ParquetTable::new(out))),
+        }
+    }
+
+    fn write(&mut self, row: &ResultRow<'_>, name: &Path) -> Result<(), SinkError> {
+        match self {
+            PartWriter::Jsonl { out, bytes } => {
+                let mut counted = CountingWriter { inner: out, bytes: 0 };
+                write_line(&mut counted, row).map_err(io_err(name))?;
+                *bytes += counted.bytes;
+                Ok(())
+            }
+            PartWriter::Parquet(t) => t
+                .add(row)
+                .map_err(|e| SinkError::Format(format!("{}: row '{}': {e}", name.display(), row.key))),
+        }
+    }
+
+    /// Bytes written so far (an estimate for Parquet).
+    fn size(&self) -> u64 {
+        match self {
+            PartWriter::Jsonl { bytes, .. } => *bytes,
+            PartWriter::Parquet(t) => t.size_estimate(),
+        }
+    }
+
+    /// Flushes the file and hands it back with its size.
+    fn finish(self, name: &Path) -> Result<(File, u64), SinkError> {
+        let out = match self {
+            PartWriter::Jsonl { out, .. } => out,
+            PartWriter::Parquet(t) => t
+                .finish()
+                .map_err(|e| SinkError::Format(format!("{}: {e}", name.display())))?,
+        };
+        let file = out.into_inner().map_err(|e| io_err(name)(e.into_error()))?;
+        let bytes = file.metadata().map_err(io_err(name))?.len();
+        Ok((file, bytes))
+    }
+}
+
 /// The part currently being written.
 struct OpenPart {
-    out: BufWriter<File>,
+    writer: PartWriter,
     tmp: PathBuf,
     info: PartInfo,
 }
@@ -224,28 +343,29 @@ struct OpenPart {
 /// A series of rolling parts with one prefix (`part` or `errors`).
 struct Series {
     prefix: &'static str,
+    format: Format,
     open: Option<OpenPart>,
     done: Vec<PartInfo>,
 }
 
 impl Series {
-    fn new(prefix: &'static str) -> Series {
+    fn new(prefix: &'static str, format: Format, done: Vec<PartInfo>) -> Series {
         Series {
             prefix,
+            format,
             open: None,
-            done: Vec::new(),
+            done,
         }
     }
 
-    fn write(&mut self, dir: &Path, max_bytes: u64, row: &ResultRow<'_>) -> Result<(), SinkError> {
+    fn write(&mut self, target: &Target, max_bytes: u64, row: &ResultRow<'_>) -> Result<(), SinkError> {
         let part = match &mut self.open {
             Some(p) => p,
             None => {
-                let file = format!("{}-{:05}.jsonl", self.prefix, self.done.len());
-                let tmp = dir.join(format!(".{file}.tmp"));
-                let out = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(io_err(&tmp))?);
+                let file = format!("{}-{:05}.{}", self.prefix, self.done.len(), self.format.extension());
+                let (out, tmp) = target.temp_file(&file)?;
                 self.open.insert(OpenPart {
-                    out,
+                    writer: PartWriter::new(out, self.format),
                     tmp,
                     info: PartInfo {
                         file,
@@ -255,29 +375,22 @@ impl Series {
                 })
             }
         };
-        let mut counted = CountingWriter {
-            inner: &mut part.out,
-            bytes: 0,
-        };
-        write_line(&mut counted, row).map_err(io_err(&part.tmp))?;
-        part.info.bytes += counted.bytes;
+        part.writer.write(row, &part.tmp)?;
         part.info.rows += 1;
-        if part.info.bytes >= max_bytes {
-            self.close(dir)?;
+        if part.writer.size() >= max_bytes {
+            self.close(target)?;
         }
         Ok(())
     }
 
-    /// Flushes the open part, syncs it and gives it its final name.
-    fn close(&mut self, dir: &Path) -> Result<(), SinkError> {
+    /// Finishes the open part and commits it under its final name.
+    fn close(&mut self, target: &Target) -> Result<(), SinkError> {
         let Some(part) = self.open.take() else {
             return Ok(());
         };
-        let file = part.out.into_inner().map_err(|e| io_err(&part.tmp)(e.into_error()))?;
-        file.sync_all().map_err(io_err(&part.tmp))?;
-        let dest = dir.join(&part.info.file);
-        std::fs::rename(&part.tmp, &dest).map_err(io_err(&dest))?;
-        self.done.push(part.info);
+        let (file, bytes) = part.writer.finish(&part.tmp)?;
+        target.commit(file, &part.tmp, &part.info.file)?;
+        self.done.push(PartInfo { bytes, ..part.info });
         Ok(())
     }
 }
@@ -305,54 +418,129 @@ impl<W: Write> Write for CountingWriter<'_, W> {
 struct Manifest<'a> {
     model: &'a str,
     version: &'a str,
-    format: &'static str,
+    format: Format,
     complete: bool,
     counts: Counts,
     parts: &'a [PartInfo],
     error_parts: &'a [PartInfo],
 }
 
-/// Results in a folder of rolling parts, failed inputs in their own parts,
-/// and `_manifest.json` at the end (see the module docs).
+/// What a [`PartsSink`] has committed: every finished part and the counts
+/// of their rows. A job keeps it beside its results cursor to resume an
+/// output after a restart ([`PartsSink::resume`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartsState {
+    /// Finished result parts, in order.
+    pub parts: Vec<PartInfo>,
+    /// Finished error parts, in order.
+    pub error_parts: Vec<PartInfo>,
+    /// Rows in them.
+    pub counts: Counts,
+}
+
+/// Results in rolling parts, failed inputs in their own parts, and
+/// `_manifest.json` at the end (see the module docs).
 pub struct PartsSink {
-    dir: PathBuf,
+    target: Target,
     options: PartsOptions,
+    format: Format,
     info: Option<SinkInfo>,
     results: Series,
     errors: Series,
     counts: Counts,
+    /// Counts of the rows in committed parts.
+    committed: Counts,
 }
 
 /// The name of the manifest file in a parts folder.
 pub const MANIFEST: &str = "_manifest.json";
 
+/// Whether `name` is a file a parts sink writes.
+fn is_ours(name: &str) -> bool {
+    name == MANIFEST
+        || ["part-", "errors-", ".part-", ".errors-"]
+            .iter()
+            .any(|p| name.starts_with(p) && (name.contains(".jsonl") || name.contains(".parquet")))
+}
+
 impl PartsSink {
-    /// Creates the folder `dir` when missing. A folder that already holds a
-    /// manifest or parts is refused, so two runs never mix.
-    pub fn create(dir: &Path, options: PartsOptions) -> Result<PartsSink, SinkError> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
-            let name = entry.map_err(io_err(dir))?.file_name();
-            let name = name.to_string_lossy();
-            let ours = name == MANIFEST
-                || ["part-", "errors-", ".part-", ".errors-"]
-                    .iter()
-                    .any(|p| name.starts_with(p) && name.contains(".jsonl"));
-            if ours {
+    /// Writes to `target` (a folder is created when missing). A target that
+    /// already holds a manifest or parts is refused, so two runs never mix.
+    pub fn create(target: Target, format: Format, options: PartsOptions) -> Result<PartsSink, SinkError> {
+        if let Some(found) = target.names()?.into_iter().find(|n| is_ours(n)) {
+            return Err(SinkError::NotEmpty {
+                path: target.display(),
+                found,
+            });
+        }
+        Ok(PartsSink::with_state(target, format, options, PartsState::default()))
+    }
+
+    /// Goes on writing to `target` after the parts that `state` lists (a
+    /// job's output after a restart). Parts and temporary files that
+    /// `state` does not list (written after the last checkpoint, before a
+    /// crash) are removed first, so the rows they held are written once, by
+    /// this sink, again. A finished output (one with a manifest) is refused.
+    pub fn resume(
+        target: Target,
+        format: Format,
+        options: PartsOptions,
+        state: PartsState,
+    ) -> Result<PartsSink, SinkError> {
+        let listed: std::collections::HashSet<&str> = state
+            .parts
+            .iter()
+            .chain(&state.error_parts)
+            .map(|p| p.file.as_str())
+            .collect();
+        for name in target.names()? {
+            if name == MANIFEST {
                 return Err(SinkError::NotEmpty {
-                    path: dir.display().to_string(),
-                    found: name.into_owned(),
+                    path: target.display(),
+                    found: name,
                 });
             }
+            if is_ours(&name) && !listed.contains(name.as_str()) {
+                target.delete(&name)?;
+            }
         }
-        Ok(PartsSink {
-            dir: dir.to_path_buf(),
+        Ok(PartsSink::with_state(target, format, options, state))
+    }
+
+    fn with_state(target: Target, format: Format, options: PartsOptions, state: PartsState) -> PartsSink {
+        PartsSink {
+            target,
             options,
+            format,
             info: None,
-            results: Series::new("part"),
-            errors: Series::new("errors"),
-            counts: Counts::default(),
-        })
+            results: Series::new("part", format, state.parts),
+            errors: Series::new("errors", Format::Jsonl, state.error_parts),
+            counts: state.counts,
+            committed: state.counts,
+        }
+    }
+
+    /// Finishes and commits the open parts, and returns what is committed:
+    /// every row written so far is in a part listed in the state.
+    pub fn checkpoint(&mut self) -> Result<PartsState, SinkError> {
+        self.results.close(&self.target)?;
+        self.errors.close(&self.target)?;
+        self.committed = self.counts;
+        Ok(self.state())
+    }
+
+    /// The committed parts and counts.
+    pub fn state(&self) -> PartsState {
+        PartsState {
+            parts: self.results.done.clone(),
+            error_parts: self.errors.done.clone(),
+            counts: self.committed,
+        }
+    }
+
+    /// Whether no part is open (every row written is committed).
+    pub fn is_committed(&self) -> bool {
+        self.results.open.is_none() && self.errors.open.is_none()
     }
 }
 
@@ -367,14 +555,16 @@ impl Sink for PartsSink {
             Outcome::Ok(_) => &mut self.results,
             Outcome::Failed { .. } => &mut self.errors,
         };
-        series.write(&self.dir, self.options.max_part_bytes.max(1), row)?;
+        series.write(&self.target, self.options.max_part_bytes.max(1), row)?;
         count(&mut self.counts, row);
+        if self.results.open.is_none() && self.errors.open.is_none() {
+            self.committed = self.counts;
+        }
         Ok(())
     }
 
     fn finish(&mut self, ending: Ending) -> Result<Counts, SinkError> {
-        self.results.close(&self.dir)?;
-        self.errors.close(&self.dir)?;
+        self.checkpoint()?;
         let info = self.info.clone().unwrap_or(SinkInfo {
             model: String::new(),
             version: String::new(),
@@ -382,34 +572,128 @@ impl Sink for PartsSink {
         let manifest = Manifest {
             model: &info.model,
             version: &info.version,
-            format: "jsonl",
+            format: self.format,
             complete: ending.complete,
             counts: self.counts,
             parts: &self.results.done,
             error_parts: &self.errors.done,
         };
-        let path = self.dir.join(MANIFEST);
-        let tmp = self.dir.join(format!(".{MANIFEST}.tmp"));
-        let text = serde_json::to_vec_pretty(&manifest).map_err(|e| io_err(&tmp)(e.into()))?;
-        std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        let text = serde_json::to_vec_pretty(&manifest).map_err(|e| SinkError::Format(e.to_string()))?;
+        self.target.put_small(MANIFEST, text)?;
         Ok(self.counts)
     }
 }
 
-/// Opens the sink an `--output` argument names: `-` is JSON lines on
-/// stdout; a path that ends in `/` or is an existing folder is a
-/// [`PartsSink`]; anything else is a [`JsonlSink`] file.
-pub fn open_sink(output: &str, parts: PartsOptions) -> Result<Box<dyn Sink>, SinkError> {
+/// One file of results, JSONL or Parquet (failed inputs as rows too),
+/// written to a temporary file and committed whole by [`Sink::finish`].
+pub struct FileSink {
+    target: Target,
+    name: String,
+    writer: Option<PartWriter>,
+    tmp: PathBuf,
+    counts: Counts,
+}
+
+impl FileSink {
+    /// A file `name` in `target`.
+    pub fn create(target: Target, name: &str, format: Format) -> Result<FileSink, SinkError> {
+        let (file, tmp) = target.temp_file(name)?;
+        Ok(FileSink {
+            target,
+            name: name.to_owned(),
+            writer: Some(PartWriter::new(file, format)),
+            tmp,
+            counts: Counts::default(),
+        })
+    }
+}
+
+impl Sink for FileSink {
+    fn begin(&mut self, _info: &SinkInfo) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    fn write(&mut self, row: &ResultRow<'_>) -> Result<(), SinkError> {
+        let writer = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| SinkError::Format(format!("{} is already finished", self.name)))?;
+        writer.write(row, &self.tmp)?;
+        count(&mut self.counts, row);
+        Ok(())
+    }
+
+    fn finish(&mut self, _ending: Ending) -> Result<Counts, SinkError> {
+        if let Some(writer) = self.writer.take() {
+            let (file, _) = writer.finish(&self.tmp)?;
+            self.target.commit(file, &self.tmp, &self.name)?;
+        }
+        Ok(self.counts)
+    }
+}
+
+impl Drop for FileSink {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Opens the sink an `--output` argument names, in `format` (by default the
+/// file's extension, else JSONL):
+///
+/// - `-`: JSON lines on stdout;
+/// - a path or URI that ends in `/`, or an existing local folder: a
+///   [`PartsSink`] (a local folder, or a prefix in an object store);
+/// - a local `.jsonl` (or other non-Parquet) file: a [`JsonlSink`], written
+///   as results come;
+/// - anything else (a local `.parquet` file, any object): a [`FileSink`].
+pub fn open_sink(output: &str, format: Option<Format>, parts: PartsOptions) -> Result<Box<dyn Sink>, SinkError> {
     if output == "-" {
+        if format == Some(Format::Parquet) {
+            return Err(SinkError::Format(
+                "Parquet cannot go to stdout: give --output a file (out.parquet) or a folder (out/)".into(),
+            ));
+        }
         return Ok(Box::new(JsonlSink::new(Box::new(std::io::stdout()), "-")));
     }
-    let path = Path::new(output);
-    if output.ends_with('/') || path.is_dir() {
-        Ok(Box::new(PartsSink::create(path, parts)?))
-    } else {
-        Ok(Box::new(JsonlSink::create(path)?))
+    let object = crate::is_object_uri(output);
+    if output.ends_with('/') || (!object && Path::new(output).is_dir()) {
+        let target = Target::open(output)?;
+        return Ok(Box::new(PartsSink::create(target, format.unwrap_or_default(), parts)?));
     }
+    let by_name = Format::of_name(output);
+    let format = match (format, by_name) {
+        (Some(f), Some(n)) if f != n => {
+            return Err(SinkError::Format(format!(
+                "--output {output} names a .{} file but the output format is {}: make them agree",
+                n.extension(),
+                f.extension()
+            )))
+        }
+        (f, n) => f.or(n).unwrap_or_default(),
+    };
+    let (parent, name) = match output.rsplit_once('/') {
+        Some((p, n)) if !p.is_empty() && !p.ends_with(':') && !p.ends_with("://") && !p.ends_with(":/") => {
+            (format!("{p}/"), n)
+        }
+        _ if object => {
+            return Err(SinkError::Object {
+                uri: output.to_owned(),
+                message: "give a key inside a bucket, such as s3://bucket/results.parquet, or a prefix ending in /"
+                    .into(),
+            })
+        }
+        _ => ("./".to_owned(), output),
+    };
+    if !object && format == Format::Jsonl {
+        return Ok(Box::new(JsonlSink::create(Path::new(output))?));
+    }
+    let target = Target::open(&parent)?;
+    // Fails now, before any work, when the bucket cannot be written to or listed.
+    target.names()?;
+    Ok(Box::new(FileSink::create(target, name, format)?))
 }
 
 #[cfg(test)]
@@ -428,6 +712,7 @@ mod tests {
         ResultRow {
             key,
             outcome: Outcome::Ok(json),
+            kept: None,
         }
     }
 
@@ -438,6 +723,7 @@ mod tests {
                 code: "invalid_input",
                 message: "line 2: \"bad\"\nvalue",
             },
+            kept: None,
         }
     }
 
@@ -481,7 +767,12 @@ mod tests {
     fn parts_roll_at_the_size_limit_and_errors_get_their_own_parts() {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("out");
-        let mut sink = PartsSink::create(&out, PartsOptions { max_part_bytes: 100 }).expect("create");
+        let mut sink = PartsSink::create(
+            Target::open(&out.display().to_string()).expect("target"),
+            Format::Jsonl,
+            PartsOptions { max_part_bytes: 100 },
+        )
+        .expect("create");
         sink.begin(&info()).expect("begin");
         let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
         for (i, k) in keys.iter().enumerate() {
@@ -547,7 +838,8 @@ mod tests {
     #[test]
     fn a_folder_with_earlier_results_is_refused_and_an_empty_run_has_a_manifest() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut sink = PartsSink::create(dir.path(), PartsOptions::default()).expect("create");
+        let target = || Target::open(&dir.path().display().to_string()).expect("target");
+        let mut sink = PartsSink::create(target(), Format::Jsonl, PartsOptions::default()).expect("create");
         sink.begin(&info()).expect("begin");
         let counts = sink.finish(Ending { complete: false }).expect("finish");
         assert_eq!(counts, Counts::default());
@@ -556,7 +848,7 @@ mod tests {
         assert_eq!(manifest["complete"], false);
         assert_eq!(manifest["parts"], serde_json::json!([]));
 
-        match PartsSink::create(dir.path(), PartsOptions::default()) {
+        match PartsSink::create(target(), Format::Jsonl, PartsOptions::default()) {
             Err(SinkError::NotEmpty { found, .. }) => assert_eq!(found, MANIFEST),
             other => panic!("expected NotEmpty, got {:?}", other.map(|_| ())),
         }
@@ -566,7 +858,7 @@ mod tests {
     fn open_sink_tells_files_from_folders() {
         let dir = tempfile::tempdir().expect("tempdir");
         let folder = format!("{}/parts/", dir.path().display());
-        let mut s = open_sink(&folder, PartsOptions::default()).expect("folder");
+        let mut s = open_sink(&folder, None, PartsOptions::default()).expect("folder");
         s.begin(&info()).expect("begin");
         s.write(&ok("x", "1")).expect("write");
         s.finish(Ending { complete: true }).expect("finish");
@@ -574,7 +866,7 @@ mod tests {
         assert!(dir.path().join("parts/_manifest.json").is_file());
 
         let file = dir.path().join("one.jsonl");
-        let mut s = open_sink(&file.display().to_string(), PartsOptions::default()).expect("file");
+        let mut s = open_sink(&file.display().to_string(), None, PartsOptions::default()).expect("file");
         s.begin(&info()).expect("begin");
         s.write(&ok("x", "1")).expect("write");
         s.finish(Ending { complete: true }).expect("finish");

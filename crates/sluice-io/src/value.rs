@@ -5,11 +5,11 @@ use base64::Engine as _;
 use serde_json::Value;
 use sluice_core::Input;
 
-use crate::{Fields, Record, Want};
+use crate::{Fields, Kept, Record, Want};
 
 /// The fields tried, in this order, for a record's value when no field is
 /// configured.
-const VALUE_FIELDS: [&str; 5] = ["value", "text", "base64", "tensor", "input"];
+pub(crate) const VALUE_FIELDS: [&str; 5] = ["value", "text", "base64", "tensor", "input"];
 
 /// Parses one input value by its form ([`Want::Any`]): a string is text;
 /// `{"text": ..}` is text; `{"base64": ..}` is bytes (an image); `{"tensor": ..}`
@@ -90,16 +90,31 @@ pub(crate) fn from_text(s: &str, want: Want) -> Result<Input, String> {
     }
 }
 
+/// The kept columns ([`Fields::keep`]) of a record: the named fields of
+/// `object` in the named order, `null` where it lacks one (or is not an
+/// object at all); `None` when none are asked for.
+pub(crate) fn kept(object: Option<&serde_json::Map<String, Value>>, names: &[String]) -> Option<Kept> {
+    (!names.is_empty()).then(|| {
+        names
+            .iter()
+            .map(|k| (k.clone(), object.and_then(|o| o.get(k)).cloned().unwrap_or(Value::Null)))
+            .collect()
+    })
+}
+
 /// Parses one JSONL record (line `n` of its file) under the crate's rules;
 /// a line that cannot be read is a record with an error, keyed by `n`.
+/// When [`Fields::keep`] names fields, the record keeps copies of them
+/// (the key and value fields included), `null` for those it lacks.
 pub fn json_record(line: &str, n: u64, want: Want, fields: &Fields) -> Record {
-    let failed = |message: String| Record {
+    let failed = |message: String, keep: Option<Kept>| Record {
         key: n.to_string(),
         input: Err(message),
+        keep,
     };
     let v: Value = match serde_json::from_str(line) {
         Ok(v) => v,
-        Err(e) => return failed(format!("line {n} is not valid JSON: {e}")),
+        Err(e) => return failed(format!("line {n} is not valid JSON: {e}"), kept(None, &fields.keep)),
     };
     let Value::Object(mut o) = v else {
         // Not an object: the line is the value itself.
@@ -111,8 +126,11 @@ pub fn json_record(line: &str, n: u64, want: Want, fields: &Fields) -> Record {
         return Record {
             key: n.to_string(),
             input,
+            keep: kept(None, &fields.keep),
         };
     };
+    // Copies first: the key and value fields are taken out of `o` below.
+    let keep = kept(Some(&o), &fields.keep);
     let id = match &fields.id {
         Some(f) => o.remove(f.as_str()),
         None => o.remove("id").or_else(|| o.remove("key")),
@@ -122,10 +140,13 @@ pub fn json_record(line: &str, n: u64, want: Want, fields: &Fields) -> Record {
         Some(Value::Number(x)) => x.to_string(),
         Some(other) => {
             let name = fields.id.as_deref().unwrap_or("id");
-            return failed(format!(
-                "line {n}: '{name}' must be a string or a number, got {}",
-                kind_of(&other)
-            ));
+            return failed(
+                format!(
+                    "line {n}: '{name}' must be a string or a number, got {}",
+                    kind_of(&other)
+                ),
+                keep,
+            );
         }
         None => n.to_string(),
     };
@@ -143,7 +164,7 @@ pub fn json_record(line: &str, n: u64, want: Want, fields: &Fields) -> Record {
             ),
         }),
     };
-    Record { key, input }
+    Record { key, input, keep }
 }
 
 #[cfg(test)]
@@ -216,11 +237,46 @@ mod tests {
         let fields = Fields {
             id: Some("doc".into()),
             value: Some("body".into()),
+            keep: Vec::new(),
         };
         let r = json_record(r#"{"doc": "d1", "id": "x", "body": "hi"}"#, 1, Want::Text, &fields);
         assert_eq!((r.key.as_str(), r.input), ("d1", Ok(Input::Text("hi".into()))));
         let r = json_record(r#"{"doc": "d1", "text": "hi"}"#, 4, Want::Text, &fields);
         assert_eq!(r.input, Err("line 4 has no 'body' field".into()));
+    }
+
+    #[test]
+    fn kept_fields_are_copied_before_the_key_and_value_are_taken() {
+        let fields = Fields {
+            keep: vec!["lang".into(), "id".into(), "text".into(), "meta".into(), "gone".into()],
+            ..Fields::default()
+        };
+        let r = json_record(
+            r#"{"id": 5, "text": "hi", "lang": "en", "meta": {"a": [1]}}"#,
+            2,
+            Want::Text,
+            &fields,
+        );
+        assert_eq!((r.key.as_str(), r.input), ("5", Ok(Input::Text("hi".into()))));
+        let k = r.keep.expect("kept");
+        assert_eq!(k.len(), 5);
+        assert_eq!(k["lang"], json!("en"));
+        assert_eq!(k["id"], json!(5));
+        assert_eq!(k["text"], json!("hi"));
+        assert_eq!(k["meta"], json!({"a": [1]}));
+        assert_eq!(k["gone"], Value::Null);
+        // Lines that fail, and lines that are not objects, keep nulls.
+        let nulls = json!({"lang": null, "id": null, "text": null, "meta": null, "gone": null});
+        for line in ["nope", r#""just text""#, r#"{"id": [1], "lang": "de"}"#] {
+            let keep = json_record(line, 1, Want::Text, &fields).keep.map(Value::Object);
+            if line.starts_with('{') {
+                assert_eq!(keep.as_ref().map(|k| k["lang"].clone()), Some(json!("de")), "{line}");
+            } else {
+                assert_eq!(keep.as_ref(), Some(&nulls), "{line}");
+            }
+        }
+        // Nothing asked, nothing kept.
+        assert_eq!(rec(r#"{"text": "x", "lang": "en"}"#, Want::Text).keep, None);
     }
 
     #[test]

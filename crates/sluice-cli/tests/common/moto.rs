@@ -89,6 +89,25 @@ impl Moto {
         self.boto3(&format!("s3.create_bucket(Bucket={bucket:?})"));
     }
 
+    /// Uploads every photo of data/images under `prefix` of `bucket` (keys
+    /// `prefix` + file name); returns the local files, in name order.
+    pub fn upload_images(&self, bucket: &str, prefix: &str) -> Vec<PathBuf> {
+        let images = repo_root().join("data/images");
+        let mut files: Vec<_> = std::fs::read_dir(&images)
+            .expect("data/images")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        assert!(files.len() >= 10, "data/images holds the photos");
+        for f in &files {
+            let name = f.file_name().and_then(|n| n.to_str()).expect("name");
+            self.upload(f, bucket, &format!("{prefix}{name}"));
+        }
+        files
+    }
+
     /// Uploads the local file `path` as `key` of `bucket`.
     pub fn upload(&self, path: &Path, bucket: &str, key: &str) {
         let path = path.display().to_string();
