@@ -67,7 +67,18 @@ try:
         p = subprocess.Popen([bin_, "run", "--model", os.path.join(work, "models", "text-ids"),
                               "--input", source, "--output", output, "--output-format", fmt, "-q"], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(p.pid, 0)
+        # Peak RSS from /proc (VmHWM only grows; the last read is close to the
+        # peak): ru_maxrss would count the forked Python before the exec.
+        hwm = 0
+        while p.poll() is None:
+            try:
+                for line in open(f"/proc/{p.pid}/status"):
+                    if line.startswith("VmHWM:"):
+                        hwm = max(hwm, int(line.split()[1]))
+            except OSError:
+                pass
+            time.sleep(0.02)
+        status = p.returncode
         secs = time.monotonic() - t
         err = p.stderr.read().decode(errors="replace")
         if status != 0:
@@ -85,7 +96,7 @@ try:
         else:
             rows = sum(1 for _ in open(output))
         assert rows == n, f"{source} -> {output}: {rows} results for {n} inputs"
-        return n / secs, usage.ru_maxrss / 1024
+        return n / secs, hwm / 1024
 
     configs = {
         "local -> local, JSONL": (local, os.path.join(work, "out.jsonl"), "jsonl"),
