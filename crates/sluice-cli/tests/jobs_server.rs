@@ -194,11 +194,12 @@ fn job_survives_kill_9_and_completes_after_restart() {
     assert_eq!(status, 201, "{job}");
     let id = job["id"].as_str().expect("id").to_string();
 
-    // The source must be fully read (and the job closed) before the kill,
-    // or the restart rightly cancels the half-read job. Ingestion closes the
-    // job right after its last chunk, in the store's write queue ahead of the
-    // results recorded after it: so once all inputs are in, wait until
-    // results have been recorded twice more, then kill at >= 20%.
+    // This test kills the server once the source is fully read (and the job
+    // closed), while the items run; a kill while the source is still being
+    // read is `source_resume.rs`. Ingestion closes the job right after its
+    // last chunk, in the store's write queue ahead of the results recorded
+    // after it: so once all inputs are in, wait until results have been
+    // recorded twice more, then kill at >= 20%.
     let ingested = server.wait_for(&id, "ingested its source", |j| count(j, "total") == N as u64);
     let after = count(&ingested, "completed");
     let mut increments = 0;

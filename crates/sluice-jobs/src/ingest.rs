@@ -131,21 +131,26 @@ pub fn check_object_source(uri: &str, max_input: usize) -> Result<(), JobsError>
         .map_err(|e| JobsError::Invalid(e.to_string()))
 }
 
-/// Streams a source (JSONL / CSV / plain-text file, or a folder of files)
-/// as `(key, input)` chunks of up to `chunk` items, calling `sink` per chunk.
-/// A malformed line, or an input larger than `max_input`, becomes an invalid
-/// input that fails alone in the job.
+/// One record of a source as a job input: its key and value, or why the
+/// source cannot be read any further.
+pub type SourceRecord = Result<(String, InputValue), String>;
+
+/// Opens a source (JSONL / CSV / plain-text file, a folder of files, an
+/// object or a prefix) and returns its records as job inputs, in the
+/// source's deterministic order (`sluice-io`: the same keys and the same
+/// order every time the same source is read). A malformed line, or an input
+/// larger than `max_input`, becomes an invalid input that fails alone; an
+/// `Err` item means the source stopped being readable there (it is the
+/// last). Blocking: read it off the async executor.
 ///
 /// Every file is opened only after resolving its links: one that leads
 /// outside `roots` (a symlink planted in a folder) fails alone, with a
 /// message that says nothing about the file it points to.
-pub fn read_source(
+pub fn source_records(
     source: &SourceSpec,
     roots: &[PathBuf],
-    chunk: usize,
     max_input: usize,
-    mut sink: impl FnMut(Vec<(String, InputValue)>) -> Result<(), String>,
-) -> Result<u64, String> {
+) -> Result<impl Iterator<Item = SourceRecord>, String> {
     let opts = job_source_options(roots, max_input);
     let spec = match source {
         SourceSpec::Local(path) => path
@@ -156,16 +161,30 @@ pub fn read_source(
     let records = Source::open(spec, opts)
         .and_then(Source::records)
         .map_err(|e| e.to_string())?;
-    let chunk = chunk.max(1);
-    let mut buf = Vec::with_capacity(chunk);
-    let mut total = 0u64;
-    for record in records {
+    Ok(records.map(move |record| {
         let record = record.map_err(|e| e.to_string())?;
         let mut value = stored(record.input);
         if input_size(&value) > max_input {
             value = InputValue::Invalid(format!("input is larger than the limit of {max_input} bytes"));
         }
-        buf.push((record.key, value));
+        Ok((record.key, value))
+    }))
+}
+
+/// Streams a source ([`source_records`]) as `(key, input)` chunks of up to
+/// `chunk` items, calling `sink` per chunk; returns the number of inputs.
+pub fn read_source(
+    source: &SourceSpec,
+    roots: &[PathBuf],
+    chunk: usize,
+    max_input: usize,
+    mut sink: impl FnMut(Vec<(String, InputValue)>) -> Result<(), String>,
+) -> Result<u64, String> {
+    let chunk = chunk.max(1);
+    let mut buf = Vec::with_capacity(chunk);
+    let mut total = 0u64;
+    for record in source_records(source, roots, max_input)? {
+        buf.push(record?);
         total += 1;
         if buf.len() >= chunk {
             sink(std::mem::take(&mut buf))?;

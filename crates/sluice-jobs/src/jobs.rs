@@ -3,14 +3,16 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sluice_store::{InputValue, Job, NewJob, Store};
 
 use crate::error::JobsError;
 use crate::ingest;
-use crate::node::Role;
+use crate::node::{NodeConfig, Role};
 use crate::registry::Registry;
 use crate::scheduler::Scheduler;
+use crate::source_jobs::Readers;
 use crate::{Limits, ShutdownSignal};
 
 /// A request to create a job, as parsed from the client's body. Exactly one
@@ -37,21 +39,26 @@ pub struct NewJobRequest {
 }
 
 /// The jobs service: creates, fills, closes and cancels jobs in the store and
-/// tells the scheduler. Cheap to clone (shared handles).
+/// tells the scheduler; reads `source` jobs' sources under their ingest claim
+/// and resumes them after a crash (`source_jobs`). Cheap to clone (shared
+/// handles).
 #[derive(Clone)]
 pub struct Jobs {
-    store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
     registry: Arc<Registry>,
-    scheduler: Arc<Scheduler>,
-    source_roots: Arc<Vec<PathBuf>>,
-    object_roots: Arc<Vec<String>>,
-    limits: Limits,
-    shutdown: ShutdownSignal,
-    role: Role,
+    pub(crate) scheduler: Arc<Scheduler>,
+    pub(crate) source_roots: Arc<Vec<PathBuf>>,
+    pub(crate) object_roots: Arc<Vec<String>>,
+    pub(crate) limits: Limits,
+    pub(crate) shutdown: ShutdownSignal,
+    pub(crate) role: Role,
+    /// This node's id: the holder of the ingest claims it takes.
+    pub(crate) node_id: Arc<str>,
+    /// How long an ingest claim lasts without a renewal.
+    pub(crate) lease: Duration,
+    /// The source jobs this process reads now.
+    pub(crate) readers: Readers,
 }
-
-/// Why source ingestion stopped early when the server shuts down.
-const SHUTTING_DOWN: &str = "the server is shutting down";
 
 impl Jobs {
     /// A service over these parts. `source_roots` are canonical folders
@@ -64,6 +71,7 @@ impl Jobs {
         limits: Limits,
         shutdown: ShutdownSignal,
     ) -> Jobs {
+        let node = NodeConfig::default();
         Jobs {
             store,
             registry,
@@ -72,7 +80,10 @@ impl Jobs {
             object_roots: Arc::new(Vec::new()),
             limits,
             shutdown,
-            role: Role::All,
+            role: node.role,
+            node_id: node.id.into(),
+            lease: node.lease,
+            readers: Readers::default(),
         }
     }
 
@@ -87,6 +98,15 @@ impl Jobs {
     /// (the api nodes do).
     pub fn with_role(mut self, role: Role) -> Jobs {
         self.role = role;
+        self
+    }
+
+    /// The same service on this node: its role, and its id and lease for the
+    /// ingest claims of the `source` jobs it reads.
+    pub fn with_node(mut self, node: &NodeConfig) -> Jobs {
+        self.role = node.role;
+        self.node_id = node.id.as_str().into();
+        self.lease = node.lease;
         self
     }
 
@@ -201,71 +221,13 @@ impl Jobs {
                 .await?;
             self.scheduler.notify(&job.model);
             job
+        } else if let Some(spec) = source {
+            // Created with this node's ingest claim, and read in the background (`source_jobs`).
+            self.create_source_job(new, spec).await?
         } else {
-            let job = self.store.create_job(new).await?;
-            if let Some(path) = source {
-                self.spawn_source_ingest(job.id.clone(), job.model.clone(), path);
-            }
-            job
+            self.store.create_job(new).await?
         };
         Ok(job)
-    }
-
-    fn spawn_source_ingest(&self, job_id: String, model: String, path: ingest::SourceSpec) {
-        let handle = tokio::runtime::Handle::current();
-        let jobs = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let store = jobs.store.clone();
-            let max_input = jobs.limits.max_input_bytes;
-            let max_inputs = jobs.limits.max_inputs_per_job;
-            let roots = jobs.source_roots.clone();
-            let mut added = 0u64;
-            let result = ingest::read_source(&path, &roots, 1000, max_input, |chunk| {
-                if jobs.shutdown.is_set() {
-                    return Err(SHUTTING_DOWN.to_string());
-                }
-                let n = chunk.len() as u64;
-                handle.block_on(add_source_chunk(
-                    store.as_ref(),
-                    &job_id,
-                    chunk,
-                    added,
-                    max_inputs,
-                    &jobs.shutdown,
-                ))?;
-                added += n;
-                jobs.scheduler.notify(&model);
-                Ok(())
-            });
-            if jobs.shutdown.is_set() && result.as_ref().is_err_and(|e| e == SHUTTING_DOWN) {
-                // Left unclosed: settled at the next start like any interrupted read.
-                tracing::info!(job = %job_id, "source ingestion stopped by the shutdown");
-                return;
-            }
-            let settled = match &result {
-                Ok(n) => {
-                    tracing::info!(job = %job_id, inputs = n, source = %path, "source ingested");
-                    handle.block_on(close_retrying(store.as_ref(), &job_id, &jobs.shutdown))
-                }
-                Err(e) => {
-                    // As after a restart (`recover_unclosed`): a source that could not be read to the end
-                    // is canceled rather than run, and reported COMPLETED, on part of its inputs.
-                    tracing::error!(
-                        job = %job_id, error = %e, source = %path,
-                        "source ingestion stopped; canceling the job"
-                    );
-                    let canceled = handle.block_on(store.cancel_job(&job_id));
-                    if let Ok(job) = &canceled {
-                        jobs.scheduler.cancel(job);
-                    }
-                    canceled
-                }
-            };
-            if let Err(e) = settled {
-                tracing::error!(job = %job_id, error = %e, "cannot settle job after ingestion");
-            }
-            jobs.scheduler.notify(&model);
-        });
     }
 
     /// The job `id`.
@@ -323,71 +285,5 @@ impl Jobs {
         let job = self.store.cancel_job(id).await?;
         self.scheduler.cancel(&job);
         Ok(job)
-    }
-}
-
-/// Closes a job, retrying with backoff while the store fails in a way that may pass (closing twice
-/// is harmless), until it succeeds or the server shuts down.
-async fn close_retrying(
-    store: &dyn Store,
-    job_id: &str,
-    shutdown: &ShutdownSignal,
-) -> Result<Job, sluice_store::StoreError> {
-    let mut attempt = 0u32;
-    loop {
-        match store.close_job(job_id).await {
-            Err(e) if e.failure_class().is_some_and(|c| c != "corrupt") && !shutdown.is_set() => {
-                attempt += 1;
-                if attempt <= 5 || attempt.is_multiple_of(30) {
-                    tracing::warn!(job = %job_id, error = %e, attempt, "closing the job failed; retrying");
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt.min(25)))).await;
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Adds one chunk of a source job's inputs (the job holding `added` so far), retrying with backoff
-/// while the store fails in a way that may pass (a dropped connection, a database restart, a full
-/// disk), so that a short outage does not cancel a long ingestion. A call whose answer was lost
-/// may still have committed: before each retry the job's total tells whether it did.
-async fn add_source_chunk(
-    store: &dyn Store,
-    job_id: &str,
-    chunk: Vec<(String, InputValue)>,
-    added: u64,
-    max_inputs: u64,
-    shutdown: &ShutdownSignal,
-) -> Result<(), String> {
-    let n = chunk.len() as u64;
-    let mut attempt = 0u32;
-    loop {
-        let err = match store.add_inputs_within(job_id, chunk.clone(), max_inputs).await {
-            Ok(_) => return Ok(()),
-            Err(e) if e.failure_class().is_some_and(|c| c != "corrupt") => e,
-            Err(e) => return Err(e.to_string()),
-        };
-        attempt += 1;
-        if attempt <= 5 || attempt.is_multiple_of(30) {
-            tracing::warn!(job = %job_id, error = %err, attempt, "adding source inputs failed; retrying");
-        }
-        loop {
-            if shutdown.is_set() {
-                return Err(SHUTTING_DOWN.to_string());
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt.min(25)))).await;
-            match store.get_job(job_id).await {
-                Ok(Some(job)) if job.total >= added + n => return Ok(()),
-                Ok(Some(_)) => break,
-                Ok(None) => return Err(format!("job {job_id} vanished")),
-                Err(e) => {
-                    attempt += 1;
-                    if attempt <= 5 || attempt.is_multiple_of(30) {
-                        tracing::warn!(job = %job_id, error = %e, attempt, "the job store is unreachable; retrying");
-                    }
-                }
-            }
-        }
     }
 }

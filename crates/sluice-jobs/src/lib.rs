@@ -5,6 +5,8 @@
 //! the validation of a request that is not specific to HTTP. The
 //! [`scheduler`] feeds the models from the store and records results;
 //! [`ingest`] turns JSON values and server-side files into job inputs;
+//! [`source_jobs`] reads `source` jobs under their ingest claim, resumes them
+//! after a crash and fails them with a reason when their source fails;
 //! [`recovery`] settles at start what a restart interrupted. The HTTP server
 //! (`sluice-server`) calls into this crate and only maps requests and errors.
 
@@ -15,6 +17,7 @@ pub mod node;
 pub mod recovery;
 pub mod registry;
 pub mod scheduler;
+pub mod source_jobs;
 
 use std::sync::Arc;
 

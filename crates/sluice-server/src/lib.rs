@@ -96,7 +96,7 @@ impl AppState {
             limits.clone(),
             shutdown.clone(),
         )
-        .with_role(node.role);
+        .with_node(&node);
         AppState {
             registry,
             store,
@@ -216,9 +216,10 @@ pub async fn serve(
         source,
     })?);
     if cfg.store.is_shared() {
-        // Another api node may be reading a source right now: only a single
-        // node knows that an unclosed job was interrupted.
-        tracing::info!("shared store: jobs left unclosed by a crash are not settled at start");
+        // Another api node may be creating a job right now: only a single node
+        // knows that an unclosed inline job was interrupted. (Source jobs are
+        // resumed on every store, under their ingest claims: see below.)
+        tracing::info!("shared store: inline jobs left unclosed by a crash are not settled at start");
     } else {
         sluice_jobs::recover_unclosed(store.as_ref()).await;
     }
@@ -259,6 +260,16 @@ pub async fn serve(
         node.clone(),
     );
     state.jobs = state.jobs.clone().with_object_roots(cfg.object_source_roots.clone());
+    if node.role.accepts_jobs() {
+        // Source jobs this node was reading when it died go on where their inputs stop, before
+        // any request comes; then the keeper renews this node's ingest claims and takes over
+        // the source jobs of api nodes that died (their claims expired).
+        let resumed = state.jobs().resume_ingests(true).await;
+        if resumed > 0 {
+            tracing::info!(jobs = resumed, "resuming the sources of jobs a restart interrupted");
+        }
+        state.jobs().spawn_ingest_keeper();
+    }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -337,6 +348,7 @@ pub async fn serve(
     let heartbeat = sluice_jobs::node::spawn_heartbeat(store.clone(), info, node.clone(), stop.clone());
     tracing::info!(%addr, node = %node.id, role = %node.role, store = %cfg.store, models = registry.entries().len(), "sluice serving");
     eprintln!("sluice listening on http://{addr}");
+    let jobs = state.jobs().clone();
     let http = axum::serve(listener, app(state)).with_graceful_shutdown(stopped(stop.clone()));
     tokio::select! {
         served = http => served.map_err(|source| ServeError::Listen { addr, source })?,
@@ -348,6 +360,8 @@ pub async fn serve(
             () = deadline() => tracing::warn!("shutdown grace period over; closing the gRPC calls still open"),
         }
     }
+    // The shutdown stopped the source readers: another api node takes their jobs at once.
+    jobs.release_ingests().await;
     tracing::info!("shutting down: finishing running batches");
     let at = signaled.get().copied().unwrap_or_else(tokio::time::Instant::now);
     let left = (at + grace).saturating_duration_since(tokio::time::Instant::now());

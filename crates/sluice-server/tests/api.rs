@@ -1175,13 +1175,29 @@ async fn source_formats_and_unreadable_sources() {
         "{bad}"
     );
 
-    // Never COMPLETED on part of the inputs: canceled, as after an interrupted read.
-    for source in [no_text, dups] {
-        let (job, lines) = run(source.clone()).await;
-        assert_eq!(job["status"], "CANCELED", "{source}: {job}");
-        assert_eq!(count(&job, "completed"), 0, "{source}: {job}");
-        assert!(lines.iter().all(|l| l["state"] == "canceled"), "{source}: {lines:?}");
-    }
+    // Never COMPLETED on part of the inputs (issue 12): FAILED, with the reason, and the inputs
+    // read before the failure run.
+    let (job, lines) = run(no_text.clone()).await;
+    assert_eq!(job["status"], "FAILED", "{no_text}: {job}");
+    assert_eq!(count(&job, "total"), 0, "{job}");
+    assert!(
+        job["error"]["message"]
+            .as_str()
+            .is_some_and(|e| e.contains("CSV") && e.contains("no-text.csv")),
+        "{job}"
+    );
+    assert_eq!(job["error"]["code"], "source_failed", "{job}");
+    assert!(lines.is_empty(), "{lines:?}");
+    let (job, lines) = run(dups.clone()).await;
+    assert_eq!(job["status"], "FAILED", "{dups}: {job}");
+    assert_eq!((count(&job, "total"), count(&job, "completed")), (1, 1), "{job}");
+    assert!(
+        job["error"]["message"]
+            .as_str()
+            .is_some_and(|e| e.contains("'a' twice") && e.contains("record 2")),
+        "{job}"
+    );
+    assert_eq!(line(&lines, "a")["state"], "done", "{lines:?}");
 
     // A link inside a root to a file outside it is outside.
     #[cfg(unix)]

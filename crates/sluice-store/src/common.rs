@@ -67,7 +67,7 @@ impl HealthCell {
 /// Columns of `jobs`, in the order [`JobRecord`] names them.
 pub(crate) const JOB_COLUMNS: &str = "pk, id, model, version, status, open, closed, priority, tags, timeout_ms, \
      source, created_at, started_at, finished_at, total, completed, failed, canceled, timedout, queue_ms_total, \
-     model_ms_total";
+     model_ms_total, error";
 
 /// Columns of `items` that make an [`ItemResult`] (see [`ResultRecord`]).
 pub(crate) const RESULT_COLUMNS: &str =
@@ -75,6 +75,27 @@ pub(crate) const RESULT_COLUMNS: &str =
 
 /// The statuses of jobs that are not finished, as an SQL list.
 pub(crate) const ACTIVE_STATUSES: &str = "('SUBMITTED', 'IN_PROGRESS')";
+
+/// The status a closed job with no pending item ends in, as an SQL expression over its row:
+/// `FAILED` when it has an error (its source failed part-way) or when it had inputs and none
+/// succeeded, else `COMPLETED`.
+pub(crate) const END_STATUS: &str =
+    "CASE WHEN error IS NOT NULL OR (completed = 0 AND total > 0) THEN 'FAILED' ELSE 'COMPLETED' END";
+
+/// The reason a job is failed with is kept to this many bytes (cut at a character boundary).
+pub(crate) const MAX_ERROR_BYTES: usize = 2000;
+
+/// `reason`, cut to [`MAX_ERROR_BYTES`] at a character boundary.
+pub(crate) fn bounded_reason(reason: &str) -> String {
+    if reason.len() <= MAX_ERROR_BYTES {
+        return reason.to_owned();
+    }
+    let mut end = MAX_ERROR_BYTES;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &reason[..end])
+}
 
 /// A job validated for insertion.
 pub(crate) struct PreparedJob {
@@ -107,6 +128,23 @@ pub(crate) fn prepare_job(new: NewJob) -> Result<PreparedJob, StoreError> {
         tags_json,
         timeout_ms,
     })
+}
+
+/// Checks a new source job before its transaction: [`prepare_job`]'s checks, plus a `source` and
+/// not open (its inputs come from the source only).
+pub(crate) fn prepare_source_job(new: NewJob) -> Result<PreparedJob, StoreError> {
+    if new.source.is_none() {
+        return Err(StoreError::Invalid("a source job needs a source".into()));
+    }
+    if new.open {
+        return Err(StoreError::Invalid("a source job cannot be open".into()));
+    }
+    prepare_job(new)
+}
+
+/// A lease length in ms as the databases store it (saturating).
+pub(crate) fn lease_i64(lease_ms: u64) -> i64 {
+    i64::try_from(lease_ms).unwrap_or(i64::MAX)
 }
 
 /// Inputs in their stored form, refusing a key given twice (named precisely, before any write).
@@ -214,6 +252,7 @@ pub(crate) struct JobRecord {
     timedout: i64,
     queue_ms_total: f64,
     model_ms_total: f64,
+    error: Option<String>,
 }
 
 impl JobRecord {
@@ -251,6 +290,7 @@ impl JobRecord {
             timedout,
             queue_ms_total: self.queue_ms_total,
             model_ms_total: self.model_ms_total,
+            error: self.error,
         };
         Ok((self.pk, job))
     }

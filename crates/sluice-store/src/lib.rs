@@ -35,7 +35,9 @@
 //!   holds `open` (submitted as an open job), `closed` (no more inputs), `status`, the times (unix
 //!   milliseconds, UTC: `created_at`, `started_at`, `finished_at`) and the counters `total`,
 //!   `completed`, `failed`, `canceled`, `timedout`, `queue_ms_total`, `model_ms_total`. `pending` is
-//!   not stored: it is `total` minus the four finished counters.
+//!   not stored: it is `total` minus the four finished counters. `error` says why a job failed as a
+//!   whole (a source that failed part-way); `ingest_node` and `ingest_until` are the ingest claim
+//!   of a `source` job (see "Source ingestion"; `NULL` for other jobs).
 //! - `job_tags`: `(tag, job_pk)`, for listing jobs by tag.
 //! - `items`: one row per input: `job_pk`, `seq` (0-based insertion order within the job), `key`
 //!   (unique within the job, by the index `items_key`), the input as `input_kind` (`text`, `bytes`,
@@ -60,7 +62,8 @@
 //!
 //! Job status moves `SUBMITTED` → `IN_PROGRESS` (on its first claim, [`Store::mark_started`] or the first recorded
 //! result) → terminal. A job becomes `COMPLETED` when it is closed and has no pending item (checked
-//! by `close_job` and by every `record`), or `FAILED` instead if it has inputs and none succeeded. A
+//! by `close_job` and by every `record`), or `FAILED` instead if it has inputs and none succeeded, or
+//! if it has an `error` (its source failed part-way: [`Store::finish_ingest`]). A
 //! job closed with no input at all completes at once, as `COMPLETED` with `total` 0. `cancel_job` /
 //! `timeout_job` turn every pending item into `canceled` / `timedout` (each with a `done_seq` and an
 //! error code of that name) and the job into `CANCELED` / `TIMEDOUT`; on a terminal job they change
@@ -116,6 +119,27 @@
 //! `LISTEN`/`NOTIFY`, across processes; SQLite: within the process); nodes still claim every few
 //! seconds, since an expired lease announces nothing. The node table ([`Store::heartbeat`],
 //! [`Store::nodes`]) lists the live nodes, their models and the leases they hold.
+//!
+//! # Source ingestion
+//!
+//! A `source` job reads its inputs from a file, folder or object-store URI on the server. Sources
+//! are read in a deterministic order with deterministic keys (`sluice-io`), and inputs get their
+//! `seq` in the order they are added, so a job that holds `total` inputs holds exactly the first
+//! `total` records of its source. A reader interrupted by a crash therefore resumes by opening the
+//! source again, skipping `total` records and adding the rest.
+//!
+//! One node at a time reads a job's source: the node named by the job's **ingest claim**
+//! (`ingest_node`, `ingest_until`), taken when the job is created
+//! ([`Store::create_source_job`]) and renewed by its holder well within the lease
+//! ([`Store::claim_ingest`]). [`Store::add_ingested`] adds a chunk only while the caller holds the
+//! claim and the job holds exactly the inputs the caller expects (checked in the insert's
+//! transaction, under the job's row lock on PostgreSQL), so two readers never add the same records
+//! and a reader that lost its claim adds nothing. When the holder dies its claim expires, and
+//! [`Store::claim_ingest`], one conditional `UPDATE` that succeeds for one caller only, hands it to
+//! another node (or to the same node restarting: [`Store::ingests_to_resume`] lists a node's own
+//! claims for it at start). [`Store::finish_ingest`] closes the job when its source ends, or keeps
+//! the reason when it failed part-way: the stored inputs still run and the job ends `FAILED`
+//! with that `error`.
 //!
 //! # Concurrency
 //!

@@ -28,9 +28,9 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Connection as _, PgConnection, PgPool, Postgres, Transaction};
 
 use crate::common::{
-    end_state, finished_count, group_completions, no_inputs, now_ms, prepare_job, prepare_rows, refuse_inputs, to_i64,
-    HealthCell, ItemRecord, JobRecord, NodeRecord, PreparedJob, ResultRecord, Rows, Tally, ACTIVE_STATUSES,
-    JOB_COLUMNS, NOTICE_CAPACITY, RESULT_COLUMNS,
+    bounded_reason, end_state, finished_count, group_completions, lease_i64, no_inputs, now_ms, prepare_job,
+    prepare_rows, prepare_source_job, refuse_inputs, to_i64, HealthCell, ItemRecord, JobRecord, NodeRecord,
+    PreparedJob, ResultRecord, Rows, Tally, ACTIVE_STATUSES, END_STATUS, JOB_COLUMNS, NOTICE_CAPACITY, RESULT_COLUMNS,
 };
 use crate::error::is_retryable;
 use crate::fair::FairRounds;
@@ -452,8 +452,7 @@ async fn notify(conn: &mut PgConnection, model: &str) -> Result<(), StoreError> 
 /// none succeeded).
 async fn finish_if_done(conn: &mut PgConnection, pk: i64, now: i64) -> Result<(), StoreError> {
     let finished: Option<String> = sqlx::query_scalar(&format!(
-        "UPDATE jobs SET status = CASE WHEN completed = 0 AND total > 0 THEN 'FAILED' ELSE 'COMPLETED' END, \
-         finished_at = $1 \
+        "UPDATE jobs SET status = {END_STATUS}, finished_at = $1 \
          WHERE pk = $2 AND closed AND status IN {ACTIVE_STATUSES} \
            AND total = completed + failed + canceled + timedout \
          RETURNING status"
@@ -548,6 +547,128 @@ impl Store for PgStore {
             let job = load_job(conn, job_id).await?.1;
             tracing::debug!(job_id = %job_id, total = job.total, status = %job.status, "job closed");
             Ok(job)
+        })
+    }
+
+    async fn create_source_job(&self, new: NewJob, node: &str, lease_ms: u64) -> Result<Job, StoreError> {
+        let job = prepare_source_job(new)?;
+        let lease = lease_i64(lease_ms);
+        let job = in_tx!(self, |conn| {
+            let (pk, id) = insert_job(conn, &job).await?;
+            sqlx::query(&format!(
+                "UPDATE jobs SET ingest_node = $1, ingest_until = {DB_NOW_MS} + $2 WHERE pk = $3"
+            ))
+            .bind(node)
+            .bind(lease)
+            .bind(pk)
+            .execute(&mut *conn)
+            .await?;
+            Ok(load_job(conn, &id).await?.1)
+        })?;
+        tracing::debug!(job_id = %job.id, model = %job.model, node, "source job created");
+        Ok(job)
+    }
+
+    async fn claim_ingest(&self, job_id: &str, node: &str, lease_ms: u64) -> Result<Option<Job>, StoreError> {
+        let lease = lease_i64(lease_ms);
+        in_tx!(self, |conn| {
+            // One conditional UPDATE: a concurrent claim waits for this row's lock, then finds
+            // the claim taken and changes nothing.
+            let claimed: Option<i64> = sqlx::query_scalar(&format!(
+                "UPDATE jobs SET ingest_node = $1, ingest_until = {DB_NOW_MS} + $2 \
+                 WHERE id = $3 AND status IN {ACTIVE_STATUSES} AND NOT closed AND ingest_node IS NOT NULL \
+                   AND (ingest_node = $1 OR ingest_until IS NULL OR ingest_until <= {DB_NOW_MS}) \
+                 RETURNING pk"
+            ))
+            .bind(node)
+            .bind(lease)
+            .bind(job_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let job = load_job(conn, job_id).await?.1;
+            Ok(claimed.map(|_| job))
+        })
+    }
+
+    async fn ingests_to_resume(&self, held_by: Option<&str>) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT id FROM jobs WHERE status IN {ACTIVE_STATUSES} AND NOT closed AND ingest_node IS NOT NULL \
+               AND (ingest_until IS NULL OR ingest_until <= {DB_NOW_MS} OR ingest_node = $1) ORDER BY pk"
+        ))
+        .bind(held_by)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn add_ingested(
+        &self,
+        job_id: &str,
+        node: &str,
+        at: u64,
+        inputs: Vec<(String, InputValue)>,
+        max_inputs: u64,
+    ) -> Result<bool, StoreError> {
+        let rows = prepare_rows(inputs)?;
+        let added = in_tx!(self, |conn| {
+            let (pk, job) = lock_job(conn, job_id).await?;
+            let owner: Option<String> = sqlx::query_scalar("SELECT ingest_node FROM jobs WHERE pk = $1")
+                .bind(pk)
+                .fetch_one(&mut *conn)
+                .await?;
+            if owner.as_deref() != Some(node) || job.total != at {
+                return Ok(false);
+            }
+            insert_inputs(conn, pk, &job, &rows, max_inputs).await?;
+            Ok(true)
+        })?;
+        if added {
+            tracing::debug!(job_id = %job_id, added = rows.len(), at, "source inputs added");
+        } else {
+            tracing::debug!(job_id = %job_id, node, at, "source inputs refused: not this node's ingestion");
+        }
+        Ok(added)
+    }
+
+    async fn finish_ingest(&self, job_id: &str, node: &str, error: Option<&str>) -> Result<Option<Job>, StoreError> {
+        let error = error.map(bounded_reason);
+        let job = in_tx!(self, |conn| {
+            let (pk, job) = lock_job(conn, job_id).await?;
+            if job.closed || job.status.is_terminal() {
+                return Ok(Some(job));
+            }
+            let owner: Option<String> = sqlx::query_scalar("SELECT ingest_node FROM jobs WHERE pk = $1")
+                .bind(pk)
+                .fetch_one(&mut *conn)
+                .await?;
+            if owner.as_deref() != Some(node) {
+                return Ok(None);
+            }
+            sqlx::query("UPDATE jobs SET closed = TRUE, error = $1, ingest_until = NULL WHERE pk = $2")
+                .bind(&error)
+                .bind(pk)
+                .execute(&mut *conn)
+                .await?;
+            finish_if_done(conn, pk, now_ms()).await?;
+            Ok(Some(load_job(conn, job_id).await?.1))
+        })?;
+        if let Some(job) = &job {
+            tracing::debug!(job_id = %job_id, total = job.total, status = %job.status, error = ?job.error, "source job settled");
+        }
+        Ok(job)
+    }
+
+    async fn release_ingest(&self, job_id: &str, node: &str) -> Result<bool, StoreError> {
+        in_tx!(self, |conn| {
+            let released = sqlx::query(&format!(
+                "UPDATE jobs SET ingest_until = 0 WHERE id = $1 AND ingest_node = $2 AND NOT closed \
+                 AND status IN {ACTIVE_STATUSES}"
+            ))
+            .bind(job_id)
+            .bind(node)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            Ok(released > 0)
         })
     }
 

@@ -20,9 +20,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, Sq
 use sqlx::{Executor as _, Sqlite, SqlitePool};
 
 use crate::common::{
-    end_state, finished_count, group_completions, no_inputs, now_ms, prepare_job, prepare_rows, refuse_inputs, to_i64,
-    HealthCell, ItemRecord, JobRecord, NodeRecord, PreparedJob, ResultRecord, Rows, Tally, ACTIVE_STATUSES,
-    JOB_COLUMNS, NOTICE_CAPACITY, RESULT_COLUMNS,
+    bounded_reason, end_state, finished_count, group_completions, lease_i64, no_inputs, now_ms, prepare_job,
+    prepare_rows, prepare_source_job, refuse_inputs, to_i64, HealthCell, ItemRecord, JobRecord, NodeRecord,
+    PreparedJob, ResultRecord, Rows, Tally, ACTIVE_STATUSES, END_STATUS, JOB_COLUMNS, NOTICE_CAPACITY, RESULT_COLUMNS,
 };
 use crate::fair::FairRounds;
 use crate::{
@@ -418,6 +418,144 @@ impl Store for SqliteStore {
             let job = load_job(conn, job_id).await?.1;
             tracing::debug!(job_id = %job_id, total = job.total, status = %job.status, "job closed");
             Ok(job)
+        }
+        .await;
+        self.finish(tx, result).await
+    }
+
+    async fn create_source_job(&self, new: NewJob, node: &str, lease_ms: u64) -> Result<Job, StoreError> {
+        let job = prepare_source_job(new)?;
+        let mut tx = self.begin_write().await?;
+        let result: Result<Job, StoreError> = async {
+            let conn: &mut SqliteConnection = &mut tx.conn;
+            let (pk, id) = insert_job(conn, &job).await?;
+            sqlx::query("UPDATE jobs SET ingest_node = ?1, ingest_until = ?2 WHERE pk = ?3")
+                .bind(node)
+                .bind(now_ms().saturating_add(lease_i64(lease_ms)))
+                .bind(pk)
+                .execute(&mut *conn)
+                .await?;
+            Ok(load_job(conn, &id).await?.1)
+        }
+        .await;
+        let job = self.finish(tx, result).await?;
+        tracing::debug!(job_id = %job.id, model = %job.model, node, "source job created");
+        Ok(job)
+    }
+
+    async fn claim_ingest(&self, job_id: &str, node: &str, lease_ms: u64) -> Result<Option<Job>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let result: Result<Option<Job>, StoreError> = async {
+            let conn: &mut SqliteConnection = &mut tx.conn;
+            let now = now_ms();
+            let claimed: Option<i64> = sqlx::query_scalar(&format!(
+                "UPDATE jobs SET ingest_node = ?1, ingest_until = ?2 \
+                 WHERE id = ?3 AND status IN {ACTIVE_STATUSES} AND closed = 0 AND ingest_node IS NOT NULL \
+                   AND (ingest_node = ?1 OR ingest_until IS NULL OR ingest_until <= ?4) \
+                 RETURNING pk"
+            ))
+            .bind(node)
+            .bind(now.saturating_add(lease_i64(lease_ms)))
+            .bind(job_id)
+            .bind(now)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let job = load_job(conn, job_id).await?.1;
+            Ok(claimed.map(|_| job))
+        }
+        .await;
+        self.finish(tx, result).await
+    }
+
+    async fn ingests_to_resume(&self, held_by: Option<&str>) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT id FROM jobs WHERE status IN {ACTIVE_STATUSES} AND closed = 0 AND ingest_node IS NOT NULL \
+               AND (ingest_until IS NULL OR ingest_until <= ?1 OR ingest_node = ?2) ORDER BY pk"
+        ))
+        .bind(now_ms())
+        .bind(held_by)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    async fn add_ingested(
+        &self,
+        job_id: &str,
+        node: &str,
+        at: u64,
+        inputs: Vec<(String, InputValue)>,
+        max_inputs: u64,
+    ) -> Result<bool, StoreError> {
+        let rows = prepare_rows(inputs)?;
+        let mut tx = self.begin_write().await?;
+        let result: Result<Option<String>, StoreError> = async {
+            let conn: &mut SqliteConnection = &mut tx.conn;
+            let (pk, job) = load_job(conn, job_id).await?;
+            let owner: Option<String> = sqlx::query_scalar("SELECT ingest_node FROM jobs WHERE pk = ?1")
+                .bind(pk)
+                .fetch_one(&mut *conn)
+                .await?;
+            if owner.as_deref() != Some(node) || job.total != at {
+                return Ok(None);
+            }
+            Self::insert_inputs(conn, pk, &job, &rows, max_inputs).await?;
+            Ok(Some(job.model))
+        }
+        .await;
+        let Some(model) = self.finish(tx, result).await? else {
+            tracing::debug!(job_id = %job_id, node, at, "source inputs refused: not this node's ingestion");
+            return Ok(false);
+        };
+        tracing::debug!(job_id = %job_id, added = rows.len(), at, "source inputs added");
+        let _ = self.notices.send(model);
+        Ok(true)
+    }
+
+    async fn finish_ingest(&self, job_id: &str, node: &str, error: Option<&str>) -> Result<Option<Job>, StoreError> {
+        let error = error.map(bounded_reason);
+        let mut tx = self.begin_write().await?;
+        let result: Result<Option<Job>, StoreError> = async {
+            let conn: &mut SqliteConnection = &mut tx.conn;
+            let (pk, job) = load_job(conn, job_id).await?;
+            if job.closed || job.status.is_terminal() {
+                return Ok(Some(job));
+            }
+            let owner: Option<String> = sqlx::query_scalar("SELECT ingest_node FROM jobs WHERE pk = ?1")
+                .bind(pk)
+                .fetch_one(&mut *conn)
+                .await?;
+            if owner.as_deref() != Some(node) {
+                return Ok(None);
+            }
+            sqlx::query("UPDATE jobs SET closed = 1, error = ?1, ingest_until = NULL WHERE pk = ?2")
+                .bind(&error)
+                .bind(pk)
+                .execute(&mut *conn)
+                .await?;
+            finish_if_done(conn, pk, now_ms()).await?;
+            Ok(Some(load_job(conn, job_id).await?.1))
+        }
+        .await;
+        let job = self.finish(tx, result).await?;
+        if let Some(job) = &job {
+            tracing::debug!(job_id = %job_id, total = job.total, status = %job.status, error = ?job.error, "source job settled");
+        }
+        Ok(job)
+    }
+
+    async fn release_ingest(&self, job_id: &str, node: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let result: Result<bool, StoreError> = async {
+            let released = sqlx::query(&format!(
+                "UPDATE jobs SET ingest_until = 0 WHERE id = ?1 AND ingest_node = ?2 AND closed = 0 \
+                 AND status IN {ACTIVE_STATUSES}"
+            ))
+            .bind(job_id)
+            .bind(node)
+            .execute(&mut *tx.conn)
+            .await?
+            .rows_affected();
+            Ok(released > 0)
         }
         .await;
         self.finish(tx, result).await
@@ -911,8 +1049,7 @@ async fn insert_job(conn: &mut SqliteConnection, job: &PreparedJob) -> Result<(i
 /// none succeeded).
 async fn finish_if_done(conn: &mut SqliteConnection, pk: i64, now: i64) -> Result<(), StoreError> {
     let finished: Option<String> = sqlx::query_scalar(&format!(
-        "UPDATE jobs SET status = CASE WHEN completed = 0 AND total > 0 THEN 'FAILED' ELSE 'COMPLETED' END, \
-         finished_at = ?1 \
+        "UPDATE jobs SET status = {END_STATUS}, finished_at = ?1 \
          WHERE pk = ?2 AND closed = 1 AND status IN {ACTIVE_STATUSES} \
            AND total = completed + failed + canceled + timedout \
          RETURNING status"

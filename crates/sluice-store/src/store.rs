@@ -55,9 +55,67 @@ pub trait Store: Send + Sync {
     ) -> Result<u64, StoreError>;
 
     /// Closes a job: no more inputs. If it has no pending item left it finishes at once: `COMPLETED`
-    /// (also when it has no input at all, with `total` 0) or `FAILED` if no item succeeded.
-    /// Closing a closed or terminal job returns it unchanged.
+    /// (also when it has no input at all, with `total` 0) or `FAILED` if no item succeeded (or the
+    /// job has an [`error`](Job::error)). Closing a closed or terminal job returns it unchanged.
     async fn close_job(&self, job_id: &str) -> Result<Job, StoreError>;
+
+    /// Creates a `source` job (`job.source` names what it reads) whose inputs one node at a time
+    /// reads in and adds, like [`create_job`](Store::create_job), with its **ingest claim** held
+    /// by `node` for `lease_ms` from now, in the same transaction: no other node can claim the
+    /// job's ingestion before the claim expires.
+    ///
+    /// The ingest claim (the job's `ingest_node` and `ingest_until`) says which node reads a
+    /// source job's source; it is the job-level counterpart of an item's lease. The holder renews
+    /// it with [`claim_ingest`](Store::claim_ingest) well within the lease, adds what it reads with
+    /// [`add_ingested`](Store::add_ingested) (refused to any other node) and settles the job with
+    /// [`finish_ingest`](Store::finish_ingest). When the holder dies, its claim expires and any
+    /// node may claim the job and go on reading where its stored inputs stop
+    /// ([`ingests_to_resume`](Store::ingests_to_resume)); a node that stops gracefully gives its
+    /// claims up at once ([`release_ingest`](Store::release_ingest)).
+    async fn create_source_job(&self, job: NewJob, node: &str, lease_ms: u64) -> Result<Job, StoreError>;
+
+    /// Claims the ingestion of a source job for `node` for `lease_ms` from now, or renews `node`'s
+    /// claim: one conditional update, which succeeds only while the job is active, not closed, a
+    /// source job (made by [`create_source_job`](Store::create_source_job)), and its claim is
+    /// `node`'s own, expired or released. Returns the job when `node` holds the claim afterwards,
+    /// `None` otherwise (another node holds it, or the job is closed, terminal or not a source
+    /// job). Two nodes claiming at once never both succeed.
+    ///
+    /// Errors: [`StoreError::NotFound`] for an unknown job.
+    async fn claim_ingest(&self, job_id: &str, node: &str, lease_ms: u64) -> Result<Option<Job>, StoreError>;
+
+    /// Ids of the source jobs whose ingestion may be claimed now, oldest first: active, not closed,
+    /// with a claim that expired or was released, or (when `held_by` is given) a claim held by
+    /// that node (the node's previous run, at its start, after a crash). A hint:
+    /// [`claim_ingest`](Store::claim_ingest) decides.
+    async fn ingests_to_resume(&self, held_by: Option<&str>) -> Result<Vec<String>, StoreError>;
+
+    /// Appends inputs read from a source job's source, as [`add_inputs_within`](Store::add_inputs_within)
+    /// does (atomically, with the same errors), but only while `node` holds the job's ingest claim
+    /// (expired or not: no other node has claimed it since) and the job holds exactly `at` inputs,
+    /// so that the inputs go exactly after those already stored. Returns `false`, adding nothing,
+    /// when either does not hold: another node took the ingestion over, or the job moved on.
+    async fn add_ingested(
+        &self,
+        job_id: &str,
+        node: &str,
+        at: u64,
+        inputs: Vec<(String, InputValue)>,
+        max_inputs: u64,
+    ) -> Result<bool, StoreError>;
+
+    /// Settles a source job when `node`, holding its ingest claim, stops reading its source: closes
+    /// it (no more inputs) and ends the claim. With `error` (the source failed part-way, the job
+    /// would go past its input limit, ...), the reason is kept as the job's
+    /// [`error`](Job::error): the inputs already stored still run, and the job then ends `FAILED`
+    /// (at once when none is pending). Without, the job completes as [`close_job`](Store::close_job)
+    /// says. A closed or terminal job is returned unchanged (settling twice is harmless); `None`
+    /// when the claim is another node's (nothing changed).
+    async fn finish_ingest(&self, job_id: &str, node: &str, error: Option<&str>) -> Result<Option<Job>, StoreError>;
+
+    /// Gives up `node`'s ingest claim on a job (a node stopping gracefully): the claim is expired
+    /// at once, so any node may claim the job and go on reading. Returns whether `node` held it.
+    async fn release_ingest(&self, job_id: &str, node: &str) -> Result<bool, StoreError>;
 
     /// The job with this id, if any.
     async fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError>;
@@ -83,7 +141,7 @@ pub trait Store: Send + Sync {
     /// (after a crash and a re-run, or after a cancel) changes nothing. Each newly recorded item gets
     /// the next `done_seq` of its job; the job's counters grow by exactly the recorded items; a
     /// `SUBMITTED` job becomes `IN_PROGRESS`; a closed job left with no pending item becomes
-    /// `COMPLETED` (or `FAILED` when no item succeeded). Completions for unknown jobs are skipped
+    /// `COMPLETED` (or `FAILED` when no item succeeded or the job has an [`error`](Job::error)). Completions for unknown jobs are skipped
     /// with a warning; a completion whose state is not `done`/`failed` rejects the whole call with
     /// [`StoreError::Invalid`].
     async fn record(&self, completions: Vec<Completion>) -> Result<u64, StoreError>;

@@ -13,6 +13,7 @@ use crate::StoreError;
 ///
 /// `SUBMITTED` → `IN_PROGRESS` (first item fed or first result recorded) → one of the terminal
 /// states. A job only becomes `COMPLETED`/`FAILED` once it is closed and has no pending item.
+/// A job with an [`error`](Job::error) (its source could not be read to the end) ends `FAILED`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum JobStatus {
@@ -26,7 +27,9 @@ pub enum JobStatus {
     Canceled,
     /// Its deadline passed; the items still pending at that moment are `timedout`.
     Timedout,
-    /// Closed and every item finished, none successfully (and it had at least one input).
+    /// Closed and every item finished, none successfully (and it had at least one input); or closed
+    /// with an [`error`](Job::error), such as a source that failed part-way, once every input it
+    /// holds finished.
     Failed,
 }
 
@@ -263,6 +266,10 @@ pub struct Job {
     pub queue_ms_total: f64,
     /// Sum of the recorded items' model times, ms.
     pub model_ms_total: f64,
+    /// Why the job failed as a whole, if it did: a `source` job whose source could not be read to
+    /// the end (see [`Store::finish_ingest`](crate::Store::finish_ingest)). The inputs stored
+    /// before still run; the job then ends `FAILED`.
+    pub error: Option<String>,
 }
 
 /// Filter and page for [`Store::list_jobs`](crate::Store::list_jobs). Jobs come newest first.

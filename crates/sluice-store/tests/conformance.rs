@@ -59,6 +59,10 @@ conformance!(
     concurrent_claims_never_overlap,
     nodes_are_listed_with_their_leases,
     adding_work_sends_a_notice,
+    source_jobs_take_inputs_from_the_claim_holder_only,
+    ingest_claims_expire_are_released_and_move_to_one_node,
+    concurrent_ingest_claims_have_one_winner,
+    a_source_that_fails_part_way_fails_the_job_with_its_reason,
 );
 
 fn claim(node: &str, model: &str, limit: u32, lease_ms: u64) -> Claim {
@@ -861,5 +865,242 @@ async fn add_inputs_within_holds_under_concurrency(b: &Backend) -> TestResult {
     }
     assert_eq!((added, refused), (30, 5));
     assert_eq!(job(&store, &created.id).await?.total, 30);
+    Ok(())
+}
+
+fn source_job(source: &str) -> NewJob {
+    NewJob {
+        source: Some(source.to_owned()),
+        ..new_job("m")
+    }
+}
+
+/// Issue 12: only the node holding a source job's ingest claim adds its inputs, each chunk right
+/// after the inputs already stored, and settles it.
+async fn source_jobs_take_inputs_from_the_claim_holder_only(b: &Backend) -> TestResult {
+    let store = b.open().await?;
+    assert!(matches!(
+        store.create_source_job(new_job("m"), "a", LONG).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store
+            .create_source_job(
+                NewJob {
+                    open: true,
+                    ..source_job("/s")
+                },
+                "a",
+                LONG
+            )
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    let j = store.create_source_job(source_job("/data/in.jsonl"), "a", LONG).await?;
+    assert_eq!((j.total, j.closed, j.error.clone()), (0, false, None));
+    assert_eq!(j.source.as_deref(), Some("/data/in.jsonl"));
+
+    // Held by "a": nobody else claims it or adds to it; "a" renews it.
+    assert!(store.claim_ingest(&j.id, "b", LONG).await?.is_none());
+    assert!(!store.add_ingested(&j.id, "b", 0, texts(0..3), 100).await?);
+    assert!(store.claim_ingest(&j.id, "a", LONG).await?.is_some());
+    assert!(store.ingests_to_resume(None).await?.is_empty());
+    assert!(store.ingests_to_resume(Some("b")).await?.is_empty());
+    assert_eq!(store.ingests_to_resume(Some("a")).await?, vec![j.id.clone()]);
+
+    // Chunks go exactly after the stored inputs.
+    assert!(store.add_ingested(&j.id, "a", 0, texts(0..3), 100).await?);
+    assert!(
+        !store.add_ingested(&j.id, "a", 0, texts(3..6), 100).await?,
+        "at 0 again"
+    );
+    assert!(
+        !store.add_ingested(&j.id, "a", 5, texts(3..6), 100).await?,
+        "past the end"
+    );
+    assert!(store.add_ingested(&j.id, "a", 3, texts(3..6), 100).await?);
+    assert!(matches!(
+        store.add_ingested(&j.id, "a", 6, texts(0..1), 100).await,
+        Err(StoreError::DuplicateKey(k)) if k == "k0"
+    ));
+    assert!(matches!(
+        store.add_ingested(&j.id, "a", 6, texts(6..10), 8).await,
+        Err(StoreError::TooManyInputs { limit: 8 })
+    ));
+    let now = job(&store, &j.id).await?;
+    assert_eq!((now.total, now.closed), (6, false));
+    let pending = store.pending_items(&j.id, None, 100).await?;
+    let keys: Vec<&str> = pending.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(keys, ["k0", "k1", "k2", "k3", "k4", "k5"]);
+    assert_eq!(seqs(&pending), vec![0, 1, 2, 3, 4, 5]);
+
+    // Only the holder settles it; settling twice changes nothing.
+    assert!(store.finish_ingest(&j.id, "b", None).await?.is_none());
+    assert!(!job(&store, &j.id).await?.closed);
+    let closed = store
+        .finish_ingest(&j.id, "a", None)
+        .await?
+        .ok_or("a holds the claim")?;
+    assert_eq!((closed.closed, closed.error.clone()), (true, None));
+    assert_eq!(
+        store.finish_ingest(&j.id, "b", Some("late")).await?,
+        Some(closed.clone())
+    );
+    assert!(
+        store.claim_ingest(&j.id, "a", LONG).await?.is_none(),
+        "a closed job has no claim"
+    );
+    assert!(store.ingests_to_resume(Some("a")).await?.is_empty());
+    assert!(matches!(
+        store.add_ingested(&j.id, "a", 6, texts(6..7), 100).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let completions: Vec<Completion> = (0..6).map(|seq| done(&closed, seq)).collect();
+    assert_eq!(store.record(completions).await?, 6);
+    assert_eq!(job(&store, &j.id).await?.status, JobStatus::Completed);
+
+    // Jobs that are not source jobs have no claim to take.
+    let plain = closed_job(&store, 2).await?;
+    let open = store
+        .create_job(NewJob {
+            open: true,
+            ..new_job("m")
+        })
+        .await?;
+    for id in [&plain.id, &open.id] {
+        assert!(store.claim_ingest(id, "a", LONG).await?.is_none());
+        assert!(!store.add_ingested(id, "a", 0, texts(10..11), 100).await?);
+    }
+    assert_eq!(store.finish_ingest(&plain.id, "a", None).await?, Some(plain.clone()));
+    assert_eq!(store.finish_ingest(&open.id, "a", None).await?, None);
+    assert!(
+        !job(&store, &open.id).await?.closed,
+        "an open job is not settled as a source job"
+    );
+    assert!(matches!(
+        store.claim_ingest("nope", "a", LONG).await,
+        Err(StoreError::NotFound(_))
+    ));
+    // A canceled source job is no longer claimable.
+    let canceled = store.create_source_job(source_job("/s"), "a", 1).await?;
+    store.cancel_job(&canceled.id).await?;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(store.ingests_to_resume(Some("a")).await?.is_empty());
+    assert!(store.claim_ingest(&canceled.id, "a", LONG).await?.is_none());
+    Ok(())
+}
+
+/// Issue 12: a dead holder's claim expires and goes to another node, and a released one at once;
+/// the old holder can then add nothing.
+async fn ingest_claims_expire_are_released_and_move_to_one_node(b: &Backend) -> TestResult {
+    let store = b.open().await?;
+    let j = store.create_source_job(source_job("/s"), "a", 300).await?;
+    assert!(store.add_ingested(&j.id, "a", 0, texts(0..2), 100).await?);
+    assert!(store.claim_ingest(&j.id, "b", LONG).await?.is_none());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Expired: any node may resume it.
+    assert_eq!(store.ingests_to_resume(None).await?, vec![j.id.clone()]);
+    let taken = store
+        .claim_ingest(&j.id, "b", LONG)
+        .await?
+        .ok_or("b takes the expired claim")?;
+    assert_eq!(taken.total, 2, "b goes on after the inputs stored");
+    assert!(store.ingests_to_resume(None).await?.is_empty());
+    assert!(store.claim_ingest(&j.id, "a", LONG).await?.is_none(), "a lost it");
+    assert!(!store.add_ingested(&j.id, "a", 2, texts(2..4), 100).await?);
+    assert!(store.finish_ingest(&j.id, "a", Some("a gives up")).await?.is_none());
+    assert!(store.add_ingested(&j.id, "b", 2, texts(2..4), 100).await?);
+
+    // A graceful stop gives the claim up at once.
+    assert!(!store.release_ingest(&j.id, "a").await?);
+    assert!(store.release_ingest(&j.id, "b").await?);
+    assert_eq!(store.ingests_to_resume(None).await?, vec![j.id.clone()]);
+    // The other store instance (another process or node) sees and takes it.
+    let other = b.open().await?;
+    let resumed = other
+        .claim_ingest(&j.id, "c", LONG)
+        .await?
+        .ok_or("c claims the released job")?;
+    assert_eq!(resumed.total, 4);
+    assert!(!store.add_ingested(&j.id, "b", 4, texts(4..5), 100).await?);
+    assert!(other.add_ingested(&j.id, "c", 4, texts(4..5), 100).await?);
+    let closed = other.finish_ingest(&j.id, "c", None).await?.ok_or("c holds it")?;
+    assert_eq!((closed.total, closed.closed), (5, true));
+    Ok(())
+}
+
+/// Issue 12: of many nodes claiming one expired ingest claim at once, exactly one gets it.
+async fn concurrent_ingest_claims_have_one_winner(b: &Backend) -> TestResult {
+    let first = b.open().await?;
+    let j = first.create_source_job(source_job("/s"), "dead", 1).await?;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut tasks = Vec::new();
+    for n in 0..8 {
+        // Half on the same store, half on stores of their own, as other nodes would be.
+        let store = if n % 2 == 0 { first.clone() } else { b.open().await? };
+        let id = j.id.clone();
+        tasks.push(tokio::spawn(async move {
+            let node = format!("node-{n}");
+            let claimed = store.claim_ingest(&id, &node, LONG).await?;
+            Ok::<_, StoreError>(claimed.map(|_| node))
+        }));
+    }
+    let mut winners = Vec::new();
+    for task in tasks {
+        if let Some(node) = task.await?? {
+            winners.push(node);
+        }
+    }
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    let winner = &winners[0];
+    for n in 0..8 {
+        let node = format!("node-{n}");
+        let added = first.add_ingested(&j.id, &node, 0, texts(0..1), 100).await?;
+        assert_eq!(added, &node == winner, "{node}");
+    }
+    Ok(())
+}
+
+/// Issue 12: a source that fails part-way keeps its reason on the job; the inputs read before
+/// still run, and the job ends FAILED (with the reason) once they have.
+async fn a_source_that_fails_part_way_fails_the_job_with_its_reason(b: &Backend) -> TestResult {
+    let store = b.open().await?;
+    let j = store.create_source_job(source_job("/s"), "a", LONG).await?;
+    assert!(store.add_ingested(&j.id, "a", 0, texts(0..3), 100).await?);
+    let reason = "the source failed after 3 inputs: cannot read /s: connection reset";
+    let settled = store
+        .finish_ingest(&j.id, "a", Some(reason))
+        .await?
+        .ok_or("a holds it")?;
+    assert_eq!(settled.error.as_deref(), Some(reason));
+    assert!(settled.closed && !settled.status.is_terminal(), "{settled:?}");
+    assert_eq!(settled.pending, 3);
+    // The stored inputs still run, and their results are kept.
+    assert_eq!(store.claim(claim("w", "m", 10, LONG)).await?.len(), 3);
+    let completions: Vec<Completion> = (0..3).map(|seq| done(&settled, seq)).collect();
+    assert_eq!(store.record(completions).await?, 3);
+    let ended = job(&store, &j.id).await?;
+    assert_eq!(ended.status, JobStatus::Failed, "{ended:?}");
+    assert_eq!((ended.completed, ended.error.as_deref()), (3, Some(reason)));
+    assert_eq!(store.results(&j.id, None, 10).await?.len(), 3);
+    assert_eq!(
+        store.list_jobs(JobFilter::default()).await?.0[0].error.as_deref(),
+        Some(reason)
+    );
+
+    // With nothing pending it fails at once; a long reason is kept bounded.
+    let empty = store.create_source_job(source_job("/s"), "a", LONG).await?;
+    let long = "é".repeat(5000);
+    let failed = store
+        .finish_ingest(&empty.id, "a", Some(&long))
+        .await?
+        .ok_or("a holds it")?;
+    assert_eq!(failed.status, JobStatus::Failed);
+    let kept = failed.error.ok_or("no error kept")?;
+    assert!(kept.len() <= 2010 && kept.starts_with("éé"), "{} bytes", kept.len());
+
+    // Jobs without one have no error.
+    let plain = closed_job(&store, 1).await?;
+    assert_eq!(plain.error, None);
     Ok(())
 }

@@ -40,6 +40,7 @@ pub const SLUICE_ENV: &[&str] = &[
     "SLUICE_DEVICE",
     "SLUICE_LOG",
     "SLUICE_LOG_FORMAT",
+    "SLUICE_TEST_INGEST_DELAY_MS",
 ];
 
 pub fn repo_root() -> PathBuf {

@@ -181,6 +181,21 @@ pub struct JobView {
     pub items_per_s: Option<f64>,
     /// Estimated seconds to finish at the current rate.
     pub eta_s: Option<f64>,
+    /// Why the job failed as a whole, if it did; `null` otherwise.
+    pub error: Option<JobError>,
+}
+
+/// Why a job failed as a whole (its items' errors are in their results).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobError {
+    /// `source_failed`: the job's `source` could not be read to the end (a
+    /// read error, an object store that stopped answering, a key given twice,
+    /// more inputs than a job may hold, a source that vanished or changed
+    /// before a resume after a restart). The inputs read before it still run
+    /// and keep their results; the job then ends `FAILED`.
+    pub code: &'static str,
+    /// What went wrong, for humans: where the source stopped and why.
+    pub message: String,
 }
 
 impl From<Job> for JobView {
@@ -221,6 +236,10 @@ impl From<Job> for JobView {
             created_at: j.created_at,
             started_at: j.started_at,
             finished_at: j.finished_at,
+            error: j.error.map(|message| JobError {
+                code: "source_failed",
+                message,
+            }),
         }
     }
 }

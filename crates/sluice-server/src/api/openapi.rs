@@ -46,6 +46,7 @@ use crate::v2::{http, schema};
         ErrorDetail,
         jobs::CreateJob,
         jobs::JobView,
+        jobs::JobError,
         jobs::Counts,
         jobs::Timings,
         jobs::JobList,
