@@ -66,8 +66,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(name) = args.keep_columns.iter().find(|c| RESERVED.contains(&c.as_str())) {
         anyhow::bail!("--keep-columns {name}: '{name}' is a field of every result row; keep another column");
     }
-    if let Some(name) = args.keep_columns.iter().find(|c| c.is_empty()) {
-        anyhow::bail!("--keep-columns has an empty column name '{name}'");
+    if args.keep_columns.iter().any(String::is_empty) {
+        anyhow::bail!("--keep-columns has an empty column name (two commas, or a comma at an end)");
     }
     let mut spec = crate::load_spec(&args.model)?;
     args.overrides.apply(&mut spec)?;

@@ -159,11 +159,23 @@ impl Target {
         }
     }
 
-    /// Writes a small file (a manifest) whole under `name`.
+    /// Writes a small file (a manifest) whole under `name`: locally through
+    /// a temporary file and a rename, to a store in one PUT (no temporary
+    /// file, no multipart upload).
     pub fn put_small(&self, name: &str, bytes: Vec<u8>) -> Result<(), SinkError> {
-        let (mut file, tmp) = self.temp_file(name)?;
-        std::io::Write::write_all(&mut file, &bytes).map_err(io_err(&tmp))?;
-        self.commit(file, &tmp, name)
+        match self {
+            Target::Local(_) => {
+                let (mut file, tmp) = self.temp_file(name)?;
+                std::io::Write::write_all(&mut file, &bytes).map_err(io_err(&tmp))?;
+                self.commit(file, &tmp, name)
+            }
+            Target::Object { store, prefix, .. } => {
+                let (store, key) = (store.clone(), Self::key(prefix, name));
+                on_io_thread(async move { store.put(&key, bytes.into()).await.map(|_| ()).map_err(|e| said(&e)) })
+                    .map_err(|m| object_err(&self.name_of(name), m))?
+                    .map_err(|m| object_err(&self.name_of(name), m))
+            }
+        }
     }
 
     /// Reads a small file whole; `None` when there is none by that name.
