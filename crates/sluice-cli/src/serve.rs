@@ -51,6 +51,19 @@ pub struct ServeArgs {
     /// that `source` jobs may read (repeatable); none: sources disabled.
     #[arg(long = "source-root", env = "SLUICE_SOURCE_ROOTS", value_delimiter = ',')]
     source_roots: Vec<String>,
+    /// Folder, or object-store prefix, under which jobs may write their
+    /// results (`"output": {"uri", "format"}`; repeatable); none: job
+    /// outputs disabled.
+    #[arg(long = "output-root", env = "SLUICE_OUTPUT_ROOTS", value_delimiter = ',')]
+    output_roots: Vec<String>,
+    /// Size at which a part of a job output is committed and the next one
+    /// begins, MiB (fractions allowed).
+    #[arg(long, env = "SLUICE_OUTPUT_PART_MB", default_value_t = 64.0)]
+    output_part_mb: f64,
+    /// Seconds after which results waiting in an open part of a job output
+    /// are committed even if the part is not full.
+    #[arg(long, env = "SLUICE_OUTPUT_FLUSH_S", default_value_t = 60)]
+    output_flush_s: u64,
     /// Largest request body, MiB.
     #[arg(long, env = "SLUICE_MAX_BODY_MB", default_value_t = 64)]
     max_body_mb: usize,
@@ -77,6 +90,23 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if !(1..=3600).contains(&args.lease_s) {
         anyhow::bail!("--lease-s must be between 1 and 3600 seconds");
     }
+    if !(args.output_part_mb.is_finite() && args.output_part_mb > 0.0) {
+        anyhow::bail!("--output-part-mb must be a positive number of MiB");
+    }
+    if args.output_flush_s == 0 {
+        anyhow::bail!("--output-flush-s must be at least 1");
+    }
+    let (object_outputs, local_outputs): (Vec<String>, Vec<String>) = args
+        .output_roots
+        .iter()
+        .cloned()
+        .partition(|r| sluice_io::is_object_uri(r));
+    let outputs = sluice_server::OutputConfig {
+        roots: local_outputs.into_iter().map(PathBuf::from).collect(),
+        object_roots: object_outputs,
+        max_part_bytes: (args.output_part_mb * 1048576.0).ceil() as u64,
+        flush_every: Duration::from_secs(args.output_flush_s),
+    };
     let node_id = args.node_id.unwrap_or_else(sluice_jobs::node::default_node_id);
     sluice_jobs::node::validate_node_id(&node_id).map_err(|e| anyhow::anyhow!("--node-id {node_id:?}: {e}"))?;
     let store = sluice_store::StoreConfig::from_url(args.store.as_deref(), &args.data_dir)
@@ -112,6 +142,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .filter(|r| sluice_io::is_object_uri(r))
             .cloned()
             .collect(),
+        outputs,
         limits: sluice_server::Limits {
             max_body_bytes: args.max_body_mb << 20,
             max_input_bytes: args.max_input_mb << 20,

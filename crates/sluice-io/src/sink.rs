@@ -480,7 +480,9 @@ impl PartsSink {
     /// job's output after a restart). Parts and temporary files that
     /// `state` does not list (written after the last checkpoint, before a
     /// crash) are removed first, so the rows they held are written once, by
-    /// this sink, again. A finished output (one with a manifest) is refused.
+    /// this sink, again. A manifest is removed too (a crash after it was
+    /// written, before the writer recorded the end): [`Sink::finish`] writes
+    /// it again.
     pub fn resume(
         target: Target,
         format: Format,
@@ -494,12 +496,6 @@ impl PartsSink {
             .map(|p| p.file.as_str())
             .collect();
         for name in target.names()? {
-            if name == MANIFEST {
-                return Err(SinkError::NotEmpty {
-                    path: target.display(),
-                    found: name,
-                });
-            }
             if is_ours(&name) && !listed.contains(name.as_str()) {
                 target.delete(&name)?;
             }

@@ -73,7 +73,7 @@ impl std::fmt::Display for SourceSpec {
 
 /// Whether the object-store URI `uri` lies under `root` (a URI prefix that
 /// ends at a `/`), with no `.` or `..` segment, plain or percent-encoded.
-fn object_under(uri: &str, root: &str) -> bool {
+pub(crate) fn object_under(uri: &str, root: &str) -> bool {
     let Some((_, rest)) = uri.split_once("://") else {
         return false;
     };

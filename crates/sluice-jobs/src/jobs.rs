@@ -8,6 +8,7 @@ use std::time::Duration;
 use sluice_store::{InputValue, Job, NewJob, Store};
 
 use crate::error::JobsError;
+use crate::exports::{Exporters, OutputConfig, OutputRequest};
 use crate::ingest;
 use crate::node::{NodeConfig, Role};
 use crate::registry::Registry;
@@ -36,6 +37,8 @@ pub struct NewJobRequest {
     pub priority: i32,
     /// Free-form labels.
     pub tags: Vec<String>,
+    /// Where to write the results besides the store (see [`crate::exports`]).
+    pub output: Option<OutputRequest>,
 }
 
 /// The jobs service: creates, fills, closes and cancels jobs in the store and
@@ -45,7 +48,7 @@ pub struct NewJobRequest {
 #[derive(Clone)]
 pub struct Jobs {
     pub(crate) store: Arc<dyn Store>,
-    registry: Arc<Registry>,
+    pub(crate) registry: Arc<Registry>,
     pub(crate) scheduler: Arc<Scheduler>,
     pub(crate) source_roots: Arc<Vec<PathBuf>>,
     pub(crate) object_roots: Arc<Vec<String>>,
@@ -58,6 +61,10 @@ pub struct Jobs {
     pub(crate) lease: Duration,
     /// The source jobs this process reads now.
     pub(crate) readers: Readers,
+    /// Where job outputs may go, and their parts.
+    pub(crate) outputs: Arc<OutputConfig>,
+    /// The job outputs this process writes now.
+    pub(crate) exporters: Exporters,
 }
 
 impl Jobs {
@@ -84,7 +91,16 @@ impl Jobs {
             node_id: node.id.into(),
             lease: node.lease,
             readers: Readers::default(),
+            outputs: Arc::new(OutputConfig::default()),
+            exporters: Exporters::default(),
         }
+    }
+
+    /// Where job outputs may be written (`--output-root`) and how they are
+    /// cut into parts.
+    pub fn with_outputs(mut self, outputs: OutputConfig) -> Jobs {
+        self.outputs = Arc::new(outputs);
+        self
     }
 
     /// Object-store prefixes (`s3://bucket/prefix`, `gs://..`, `az://..`)
@@ -204,7 +220,12 @@ impl Jobs {
                 .await
                 .map_err(|e| JobsError::Invalid(format!("the source could not be checked: {e}")))??;
         }
+        let output = match &req.output {
+            Some(request) => Some(self.check_output(request).await?),
+            None => None,
+        };
         let new = NewJob {
+            output,
             model: req.model.clone(),
             version: req.version,
             priority: req.priority,
@@ -227,6 +248,10 @@ impl Jobs {
         } else {
             self.store.create_job(new).await?
         };
+        if job.output.is_some() {
+            // This node writes the output from now on (or, if it cannot claim it, the keeper of another).
+            self.start_export(&job.id).await;
+        }
         Ok(job)
     }
 

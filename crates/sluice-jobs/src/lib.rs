@@ -7,10 +7,12 @@
 //! [`ingest`] turns JSON values and server-side files into job inputs;
 //! [`source_jobs`] reads `source` jobs under their ingest claim, resumes them
 //! after a crash and fails them with a reason when their source fails;
-//! [`recovery`] settles at start what a restart interrupted. The HTTP server
+//! [`exports`] writes jobs' results to folders and object stores as they
+//! arrive, exactly once across crashes; [`recovery`] settles at start what a restart interrupted. The HTTP server
 //! (`sluice-server`) calls into this crate and only maps requests and errors.
 
 pub mod error;
+pub mod exports;
 pub mod ingest;
 pub mod jobs;
 pub mod node;
@@ -22,6 +24,7 @@ pub mod source_jobs;
 use std::sync::Arc;
 
 pub use error::JobsError;
+pub use exports::{OutputConfig, OutputRequest};
 pub use jobs::{Jobs, NewJobRequest};
 pub use node::{NodeConfig, Role};
 pub use recovery::recover_unclosed;

@@ -74,7 +74,7 @@ pub(crate) struct Readers(Arc<Mutex<HashSet<String>>>);
 
 impl Readers {
     /// Marks `job_id` as read here; `None` when it is already.
-    fn start(&self, job_id: &str) -> Option<ReaderGuard> {
+    pub(crate) fn start(&self, job_id: &str) -> Option<ReaderGuard> {
         let mut set = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         set.insert(job_id.to_owned()).then(|| ReaderGuard {
             readers: self.clone(),
@@ -82,11 +82,11 @@ impl Readers {
         })
     }
 
-    fn contains(&self, job_id: &str) -> bool {
+    pub(crate) fn contains(&self, job_id: &str) -> bool {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).contains(job_id)
     }
 
-    fn ids(&self) -> Vec<String> {
+    pub(crate) fn ids(&self) -> Vec<String> {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -97,7 +97,7 @@ impl Readers {
 }
 
 /// Removes its job from [`Readers`] when the reader ends, however it ends.
-struct ReaderGuard {
+pub(crate) struct ReaderGuard {
     readers: Readers,
     job_id: String,
 }

@@ -26,7 +26,7 @@ use tower_http::LatencyUnit;
 
 pub use error::ApiError;
 pub use sluice_jobs::{
-    Jobs, JobsError, Limits, NodeConfig, Registry, Role, Scheduler, SchedulerConfig, ShutdownSignal,
+    Jobs, JobsError, Limits, NodeConfig, OutputConfig, Registry, Role, Scheduler, SchedulerConfig, ShutdownSignal,
 };
 
 /// Server configuration.
@@ -47,6 +47,9 @@ pub struct ServerConfig {
     /// Object-store prefixes (`s3://bucket/prefix`, `gs://..`, `az://..`)
     /// under which `source` jobs may read objects.
     pub object_source_roots: Vec<String>,
+    /// Where job outputs may be written (folders, object-store prefixes) and
+    /// how they are cut into parts; local roots are made canonical at start.
+    pub outputs: OutputConfig,
     /// Request limits.
     pub limits: Limits,
     /// How long shutdown waits for running batches.
@@ -259,8 +262,31 @@ pub async fn serve(
         stop.clone(),
         node.clone(),
     );
-    state.jobs = state.jobs.clone().with_object_roots(cfg.object_source_roots.clone());
+    let mut outputs = cfg.outputs.clone();
+    outputs.roots = outputs
+        .roots
+        .iter()
+        .filter_map(|r| match std::fs::create_dir_all(r).and_then(|()| r.canonicalize()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(root = %r.display(), error = %e, "output root ignored");
+                None
+            }
+        })
+        .collect();
+    state.jobs = state
+        .jobs
+        .clone()
+        .with_object_roots(cfg.object_source_roots.clone())
+        .with_outputs(outputs);
     if node.role.accepts_jobs() {
+        // Outputs this node was writing when it died go on from their checkpoints; then the
+        // keeper renews its export claims and takes over those of nodes that died.
+        let resumed = state.jobs().resume_exports(true).await;
+        if resumed > 0 {
+            tracing::info!(jobs = resumed, "resuming the outputs of jobs a restart interrupted");
+        }
+        state.jobs().spawn_export_keeper();
         // Source jobs this node was reading when it died go on where their inputs stop, before
         // any request comes; then the keeper renews this node's ingest claims and takes over
         // the source jobs of api nodes that died (their claims expired).
@@ -362,6 +388,8 @@ pub async fn serve(
     }
     // The shutdown stopped the source readers: another api node takes their jobs at once.
     jobs.release_ingests().await;
+    // The output writers commit what they hold, then another api node goes on with them.
+    jobs.release_exports(grace.min(Duration::from_secs(10))).await;
     tracing::info!("shutting down: finishing running batches");
     let at = signaled.get().copied().unwrap_or_else(tokio::time::Instant::now);
     let left = (at + grace).saturating_duration_since(tokio::time::Instant::now());

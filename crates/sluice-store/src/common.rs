@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::{
-    Completion, InputValue, ItemError, ItemResult, ItemRow, ItemState, Job, JobStatus, NewJob, NodeInfo, NodeStatus,
-    StoreError, StoreHealth, WriteFailure,
+    Completion, InputValue, ItemError, ItemResult, ItemRow, ItemState, Job, JobOutput, JobStatus, NewJob, NodeInfo,
+    NodeStatus, OutputSpec, OutputState, StoreError, StoreHealth, WriteFailure,
 };
 
 /// Work notices a slow receiver may fall behind by before it loses some.
@@ -67,7 +67,7 @@ impl HealthCell {
 /// Columns of `jobs`, in the order [`JobRecord`] names them.
 pub(crate) const JOB_COLUMNS: &str = "pk, id, model, version, status, open, closed, priority, tags, timeout_ms, \
      source, created_at, started_at, finished_at, total, completed, failed, canceled, timedout, queue_ms_total, \
-     model_ms_total, error";
+     model_ms_total, error, output, export_state, export_rows, export_error";
 
 /// Columns of `items` that make an [`ItemResult`] (see [`ResultRecord`]).
 pub(crate) const RESULT_COLUMNS: &str =
@@ -103,6 +103,8 @@ pub(crate) struct PreparedJob {
     pub(crate) tags: Vec<String>,
     pub(crate) tags_json: String,
     pub(crate) timeout_ms: Option<i64>,
+    /// The job's [`OutputSpec`] as JSON, for the `output` column.
+    pub(crate) output_json: Option<String>,
 }
 
 /// Inputs in their stored form: key, kind, BLOB.
@@ -122,11 +124,18 @@ pub(crate) fn prepare_job(new: NewJob) -> Result<PreparedJob, StoreError> {
         .cloned()
         .collect();
     let tags_json = serde_json::to_string(&tags).map_err(|e| StoreError::Invalid(format!("tags: {e}")))?;
+    if let Some(output) = &new.output {
+        if output.uri.trim().is_empty() || output.format.trim().is_empty() {
+            return Err(StoreError::Invalid("a job output needs a uri and a format".into()));
+        }
+    }
+    let output_json = output_json(&new)?;
     Ok(PreparedJob {
         new,
         tags,
         tags_json,
         timeout_ms,
+        output_json,
     })
 }
 
@@ -253,6 +262,10 @@ pub(crate) struct JobRecord {
     queue_ms_total: f64,
     model_ms_total: f64,
     error: Option<String>,
+    output: Option<String>,
+    export_state: Option<String>,
+    export_rows: Option<i64>,
+    export_error: Option<String>,
 }
 
 impl JobRecord {
@@ -291,9 +304,51 @@ impl JobRecord {
             queue_ms_total: self.queue_ms_total,
             model_ms_total: self.model_ms_total,
             error: self.error,
+            output: None,
+        };
+        let job = Job {
+            output: job_output(self.output, self.export_state, self.export_rows, self.export_error)?,
+            ..job
         };
         Ok((self.pk, job))
     }
+}
+
+/// A job's output and its progress from their columns: `output` (the [`OutputSpec`] as JSON),
+/// `export_state` (`NULL` while writing, then `written` or `failed`), `export_rows`,
+/// `export_error`.
+fn job_output(
+    output: Option<String>,
+    state: Option<String>,
+    rows: Option<i64>,
+    error: Option<String>,
+) -> Result<Option<JobOutput>, StoreError> {
+    let Some(output) = output else {
+        return Ok(None);
+    };
+    let spec: OutputSpec =
+        serde_json::from_str(&output).map_err(|e| StoreError::Corrupt(format!("job output: {e}")))?;
+    let state = match state.as_deref() {
+        None => OutputState::Writing,
+        Some("written") => OutputState::Written,
+        Some("failed") => OutputState::Failed,
+        Some(other) => return Err(StoreError::Corrupt(format!("unknown output state {other:?}"))),
+    };
+    Ok(Some(JobOutput {
+        uri: spec.uri,
+        format: spec.format,
+        state,
+        rows: to_u64(rows.unwrap_or(0), "export_rows")?,
+        error,
+    }))
+}
+
+/// The `output` column of a new job: its [`OutputSpec`] as JSON.
+fn output_json(new: &NewJob) -> Result<Option<String>, StoreError> {
+    new.output
+        .as_ref()
+        .map(|o| serde_json::to_string(o).map_err(|e| StoreError::Invalid(format!("job output: {e}"))))
+        .transpose()
 }
 
 /// A finished (or pending) item as [`RESULT_COLUMNS`] selects it.

@@ -141,6 +141,21 @@
 //! the reason when it failed part-way: the stored inputs still run and the job ends `FAILED`
 //! with that `error`.
 //!
+//! # Job outputs
+//!
+//! A job with an [`OutputSpec`] has its results written, as they arrive, to a folder or an
+//! object-store prefix as rolling parts (by `sluice-jobs`). One node at a time writes a job's
+//! output: the node named by the job's **export claim** (`export_node`, `export_until`), taken
+//! with [`Store::claim_export`] (one conditional `UPDATE`, as for the ingest claim; also the
+//! renewal) by any api node once the job exists or the previous holder's claim expired. The
+//! writer reads the results in `done_seq` order and, each time it has committed parts, saves a
+//! **checkpoint** with [`Store::save_export`] (refused unless it still holds the claim): the parts
+//! committed so far and the last `done_seq` they hold, opaque to the store. A writer that takes
+//! over reads the checkpoint back with its claim, removes whatever parts the checkpoint does not
+//! list (written after it, before a crash) and goes on after its `done_seq`, so each result is in
+//! exactly one part of the finished output. [`Store::finish_export`] records the end (written, or
+//! failed with a reason) once the job is terminal and every result is written.
+//!
 //! # Concurrency
 //!
 //! [`SqliteStore`] writes through a single connection with `BEGIN IMMEDIATE` transactions, so writers
@@ -188,6 +203,6 @@ pub use postgres::PgStore;
 pub use sqlite::{SqliteStore, DB_FILE_NAME};
 pub use store::Store;
 pub use types::{
-    Claim, Completion, InputValue, ItemError, ItemResult, ItemRow, ItemState, Job, JobFilter, JobStatus, NewJob,
-    NodeInfo, NodeStatus, StoreHealth, WriteFailure,
+    Claim, Completion, ExportClaim, InputValue, ItemError, ItemResult, ItemRow, ItemState, Job, JobFilter, JobOutput,
+    JobStatus, NewJob, NodeInfo, NodeStatus, OutputSpec, OutputState, StoreHealth, WriteFailure,
 };

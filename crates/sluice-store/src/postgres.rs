@@ -35,8 +35,8 @@ use crate::common::{
 use crate::error::is_retryable;
 use crate::fair::FairRounds;
 use crate::{
-    host_of, redact_url, Claim, Completion, InputValue, ItemResult, ItemRow, ItemState, Job, JobFilter, JobStatus,
-    NewJob, NodeInfo, NodeStatus, Store, StoreError, StoreHealth,
+    host_of, redact_url, Claim, Completion, ExportClaim, InputValue, ItemResult, ItemRow, ItemState, Job, JobFilter,
+    JobStatus, NewJob, NodeInfo, NodeStatus, Store, StoreError, StoreHealth,
 };
 
 /// The schema, embedded from `crates/sluice-store/migrations_postgres/` and applied by
@@ -368,8 +368,8 @@ async fn insert_job(conn: &mut PgConnection, job: &PreparedJob) -> Result<(i64, 
     let id = uuid::Uuid::new_v4().simple().to_string();
     let new = &job.new;
     let pk: i64 = sqlx::query_scalar(
-        "INSERT INTO jobs (id, model, version, status, open, priority, tags, timeout_ms, source, created_at) \
-         VALUES ($1, $2, $3, 'SUBMITTED', $4, $5, $6, $7, $8, $9) RETURNING pk",
+        "INSERT INTO jobs (id, model, version, status, open, priority, tags, timeout_ms, source, created_at, output) \
+         VALUES ($1, $2, $3, 'SUBMITTED', $4, $5, $6, $7, $8, $9, $10) RETURNING pk",
     )
     .bind(&id)
     .bind(&new.model)
@@ -380,6 +380,7 @@ async fn insert_job(conn: &mut PgConnection, job: &PreparedJob) -> Result<(i64, 
     .bind(job.timeout_ms)
     .bind(&new.source)
     .bind(now_ms())
+    .bind(&job.output_json)
     .fetch_one(&mut *conn)
     .await?;
     sqlx::query("INSERT INTO job_tags (job_pk, tag) SELECT $1, t FROM unnest($2::text[]) AS t")
@@ -478,6 +479,30 @@ struct RecordBatch {
     queue_ms: Vec<f64>,
     model_ms: Vec<f64>,
     done_seqs: Vec<i64>,
+}
+
+impl PgStore {
+    /// One update of a job's export columns: `sql` binds `$1` and `$2` to `values`, `$3` to the
+    /// job id and `$4` to the node; returns whether a row changed.
+    async fn export_update(
+        &self,
+        sql: &str,
+        values: (Option<String>, Option<i64>),
+        job_id: &str,
+        node: &str,
+    ) -> Result<bool, StoreError> {
+        in_tx!(self, |conn| {
+            let changed = sqlx::query(sql)
+                .bind(values.0.clone())
+                .bind(values.1)
+                .bind(job_id)
+                .bind(node)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            Ok(changed > 0)
+        })
+    }
 }
 
 #[async_trait]
@@ -670,6 +695,78 @@ impl Store for PgStore {
             .rows_affected();
             Ok(released > 0)
         })
+    }
+
+    async fn claim_export(&self, job_id: &str, node: &str, lease_ms: u64) -> Result<Option<ExportClaim>, StoreError> {
+        let lease = lease_i64(lease_ms);
+        in_tx!(self, |conn| {
+            // One conditional UPDATE, as for the ingest claim: a concurrent claim waits for the
+            // row's lock, then finds the claim taken.
+            let claimed: Option<(Option<String>,)> = sqlx::query_as(&format!(
+                "UPDATE jobs SET export_node = $1, export_until = {DB_NOW_MS} + $2 \
+                 WHERE id = $3 AND output IS NOT NULL AND export_state IS NULL \
+                   AND (export_node IS NULL OR export_node = $1 OR export_until IS NULL \
+                        OR export_until <= {DB_NOW_MS}) \
+                 RETURNING export_checkpoint"
+            ))
+            .bind(node)
+            .bind(lease)
+            .bind(job_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let job = load_job(conn, job_id).await?.1;
+            Ok(claimed.map(|(checkpoint,)| ExportClaim { job, checkpoint }))
+        })
+    }
+
+    async fn exports_to_resume(&self, held_by: Option<&str>) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT id FROM jobs WHERE output IS NOT NULL AND export_state IS NULL \
+               AND (export_node IS NULL OR export_until IS NULL OR export_until <= {DB_NOW_MS} \
+                    OR export_node = $1) ORDER BY pk"
+        ))
+        .bind(held_by)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn save_export(&self, job_id: &str, node: &str, checkpoint: &str, rows: u64) -> Result<bool, StoreError> {
+        let rows = to_i64(rows)?;
+        self.export_update(
+            "UPDATE jobs SET export_checkpoint = $1, export_rows = $2 \
+             WHERE id = $3 AND export_node = $4 AND export_state IS NULL",
+            (Some(checkpoint.to_owned()), Some(rows)),
+            job_id,
+            node,
+        )
+        .await
+    }
+
+    async fn finish_export(&self, job_id: &str, node: &str, error: Option<&str>) -> Result<bool, StoreError> {
+        let error = error.map(bounded_reason);
+        let state = if error.is_some() { "failed" } else { "written" };
+        self.export_update(
+            &format!(
+                "UPDATE jobs SET export_state = '{state}', export_error = $1, export_until = NULL \
+                 WHERE $2::BIGINT IS NULL AND id = $3 AND export_node = $4 AND export_state IS NULL"
+            ),
+            (error, None),
+            job_id,
+            node,
+        )
+        .await
+    }
+
+    async fn release_export(&self, job_id: &str, node: &str) -> Result<bool, StoreError> {
+        self.export_update(
+            "UPDATE jobs SET export_until = 0 \
+             WHERE $1::TEXT IS NULL AND $2::BIGINT IS NULL AND id = $3 AND export_node = $4 \
+               AND export_state IS NULL",
+            (None, None),
+            job_id,
+            node,
+        )
+        .await
     }
 
     async fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError> {

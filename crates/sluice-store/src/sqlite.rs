@@ -26,8 +26,8 @@ use crate::common::{
 };
 use crate::fair::FairRounds;
 use crate::{
-    Claim, Completion, InputValue, ItemResult, ItemRow, ItemState, Job, JobFilter, JobStatus, NewJob, NodeInfo,
-    NodeStatus, Store, StoreError, StoreHealth,
+    Claim, Completion, ExportClaim, InputValue, ItemResult, ItemRow, ItemState, Job, JobFilter, JobStatus, NewJob,
+    NodeInfo, NodeStatus, Store, StoreError, StoreHealth,
 };
 
 /// The schema, embedded from `crates/sluice-store/migrations/` and applied by [`SqliteStore::open`].
@@ -334,6 +334,32 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// One update of a job's export columns: `sql` binds `?1` and `?2` to `values`, `?3` to the
+    /// job id and `?4` to the node; returns whether a row changed.
+    async fn export_update(
+        &self,
+        sql: &str,
+        values: (Option<String>, Option<i64>),
+        job_id: &str,
+        node: &str,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let result: Result<u64, StoreError> = async {
+            Ok(sqlx::query(sql)
+                .bind(values.0)
+                .bind(values.1)
+                .bind(job_id)
+                .bind(node)
+                .execute(&mut *tx.conn)
+                .await?
+                .rows_affected())
+        }
+        .await;
+        Ok(self.finish(tx, result).await? > 0)
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_job(&self, new: NewJob) -> Result<Job, StoreError> {
@@ -559,6 +585,80 @@ impl Store for SqliteStore {
         }
         .await;
         self.finish(tx, result).await
+    }
+
+    async fn claim_export(&self, job_id: &str, node: &str, lease_ms: u64) -> Result<Option<ExportClaim>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let result: Result<Option<ExportClaim>, StoreError> = async {
+            let conn: &mut SqliteConnection = &mut tx.conn;
+            let now = now_ms();
+            let claimed: Option<(Option<String>,)> = sqlx::query_as(
+                "UPDATE jobs SET export_node = ?1, export_until = ?2 \
+                 WHERE id = ?3 AND output IS NOT NULL AND export_state IS NULL \
+                   AND (export_node IS NULL OR export_node = ?1 OR export_until IS NULL OR export_until <= ?4) \
+                 RETURNING export_checkpoint",
+            )
+            .bind(node)
+            .bind(now.saturating_add(lease_i64(lease_ms)))
+            .bind(job_id)
+            .bind(now)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let job = load_job(conn, job_id).await?.1;
+            Ok(claimed.map(|(checkpoint,)| ExportClaim { job, checkpoint }))
+        }
+        .await;
+        self.finish(tx, result).await
+    }
+
+    async fn exports_to_resume(&self, held_by: Option<&str>) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE output IS NOT NULL AND export_state IS NULL \
+               AND (export_node IS NULL OR export_until IS NULL OR export_until <= ?1 OR export_node = ?2) \
+             ORDER BY pk",
+        )
+        .bind(now_ms())
+        .bind(held_by)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    async fn save_export(&self, job_id: &str, node: &str, checkpoint: &str, rows: u64) -> Result<bool, StoreError> {
+        let rows = to_i64(rows)?;
+        self.export_update(
+            "UPDATE jobs SET export_checkpoint = ?1, export_rows = ?2 \
+             WHERE id = ?3 AND export_node = ?4 AND export_state IS NULL",
+            (Some(checkpoint.to_owned()), Some(rows)),
+            job_id,
+            node,
+        )
+        .await
+    }
+
+    async fn finish_export(&self, job_id: &str, node: &str, error: Option<&str>) -> Result<bool, StoreError> {
+        let error = error.map(bounded_reason);
+        let state = if error.is_some() { "failed" } else { "written" };
+        self.export_update(
+            &format!(
+                "UPDATE jobs SET export_state = '{state}', export_error = ?1, export_until = NULL \
+                 WHERE ?2 IS NULL AND id = ?3 AND export_node = ?4 AND export_state IS NULL"
+            ),
+            (error, None),
+            job_id,
+            node,
+        )
+        .await
+    }
+
+    async fn release_export(&self, job_id: &str, node: &str) -> Result<bool, StoreError> {
+        self.export_update(
+            "UPDATE jobs SET export_until = 0 \
+             WHERE ?1 IS NULL AND ?2 IS NULL AND id = ?3 AND export_node = ?4 AND export_state IS NULL",
+            (None, None),
+            job_id,
+            node,
+        )
+        .await
     }
 
     async fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError> {
@@ -1022,7 +1122,7 @@ async fn insert_job(conn: &mut SqliteConnection, job: &PreparedJob) -> Result<(i
     let new = &job.new;
     let pk: i64 = sqlx::query_scalar(
         "INSERT INTO jobs (id, model, version, status, open, priority, tags, timeout_ms, source, \
-             created_at) VALUES (?1, ?2, ?3, 'SUBMITTED', ?4, ?5, ?6, ?7, ?8, ?9) RETURNING pk",
+             created_at, output) VALUES (?1, ?2, ?3, 'SUBMITTED', ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING pk",
     )
     .bind(&id)
     .bind(&new.model)
@@ -1033,6 +1133,7 @@ async fn insert_job(conn: &mut SqliteConnection, job: &PreparedJob) -> Result<(i
     .bind(job.timeout_ms)
     .bind(&new.source)
     .bind(now_ms())
+    .bind(&job.output_json)
     .fetch_one(&mut *conn)
     .await?;
     for tag in &job.tags {

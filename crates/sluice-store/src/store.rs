@@ -6,8 +6,8 @@
 use async_trait::async_trait;
 
 use crate::{
-    Claim, Completion, InputValue, ItemResult, ItemRow, Job, JobFilter, NewJob, NodeInfo, NodeStatus, StoreError,
-    StoreHealth,
+    Claim, Completion, ExportClaim, InputValue, ItemResult, ItemRow, Job, JobFilter, NewJob, NodeInfo, NodeStatus,
+    StoreError, StoreHealth,
 };
 
 /// Durable store of bulk jobs, their inputs and their results.
@@ -116,6 +116,35 @@ pub trait Store: Send + Sync {
     /// Gives up `node`'s ingest claim on a job (a node stopping gracefully): the claim is expired
     /// at once, so any node may claim the job and go on reading. Returns whether `node` held it.
     async fn release_ingest(&self, job_id: &str, node: &str) -> Result<bool, StoreError>;
+
+    /// Claims the writing of a job's output for `node` for `lease_ms` from now, or renews
+    /// `node`'s claim: one conditional update, which succeeds only while the job has an
+    /// [`output`](crate::NewJob::output) not yet finished ([`finish_export`](Store::finish_export))
+    /// and its export claim is `node`'s own, expired, released or never taken. Returns the job and
+    /// the last saved checkpoint when `node` holds the claim afterwards, `None` otherwise. Two
+    /// nodes claiming at once never both succeed. See "Job outputs" in the crate documentation.
+    ///
+    /// Errors: [`StoreError::NotFound`] for an unknown job.
+    async fn claim_export(&self, job_id: &str, node: &str, lease_ms: u64) -> Result<Option<ExportClaim>, StoreError>;
+
+    /// Ids of the jobs whose output may be claimed now, oldest first: with an output not finished
+    /// and an export claim never taken, expired or released, or (when `held_by` is given) held by
+    /// that node. A hint: [`claim_export`](Store::claim_export) decides.
+    async fn exports_to_resume(&self, held_by: Option<&str>) -> Result<Vec<String>, StoreError>;
+
+    /// Saves the checkpoint of a job's output (what is committed, `rows` results in all), only
+    /// while `node` holds its export claim (expired or not: no other node has claimed it since)
+    /// and the output is not finished. Returns whether it was saved.
+    async fn save_export(&self, job_id: &str, node: &str, checkpoint: &str, rows: u64) -> Result<bool, StoreError>;
+
+    /// Records that a job's output is finished: written (`error` `None`) or failed with that
+    /// reason, and ends the claim; only while `node` holds the claim. Returns whether it was
+    /// recorded. The job itself is not changed: its results stay in the store.
+    async fn finish_export(&self, job_id: &str, node: &str, error: Option<&str>) -> Result<bool, StoreError>;
+
+    /// Gives up `node`'s export claim on a job (a node stopping gracefully): any node may claim
+    /// it at once. Returns whether `node` held it.
+    async fn release_export(&self, job_id: &str, node: &str) -> Result<bool, StoreError>;
 
     /// The job with this id, if any.
     async fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError>;

@@ -216,6 +216,57 @@ pub struct NewJob {
     pub open: bool,
     /// Where the job came from (a client name, a file, ...), for information only.
     pub source: Option<String>,
+    /// Where the job's results are written as they arrive, besides the store (see
+    /// [`OutputSpec`] and "Job outputs" in the crate documentation).
+    pub output: Option<OutputSpec>,
+}
+
+/// Where a job's results go besides the store: a folder or object-store prefix and a format.
+/// The store keeps it with the job and the progress of the one node writing it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputSpec {
+    /// A local folder or an object-store prefix (`s3://bucket/out/`).
+    pub uri: String,
+    /// The format of the result parts (`jsonl` or `parquet`).
+    pub format: String,
+}
+
+/// How far the writing of a job's [`OutputSpec`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputState {
+    /// Results are being written as they arrive.
+    Writing,
+    /// Every result is written, and the manifest.
+    Written,
+    /// The output could not be written (see [`JobOutput::error`]); the results are in the store.
+    Failed,
+}
+
+/// A job's output and its progress, as [`Job::output`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobOutput {
+    /// Where, as submitted.
+    pub uri: String,
+    /// The format, as submitted.
+    pub format: String,
+    /// How far.
+    pub state: OutputState,
+    /// Results in committed parts.
+    pub rows: u64,
+    /// Why the output failed, when it did.
+    pub error: Option<String>,
+}
+
+/// What [`Store::claim_export`](crate::Store::claim_export) hands the node that now writes a job's
+/// output: the job, and the checkpoint the previous writer saved, if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportClaim {
+    /// The job, with its [`output`](Job::output).
+    pub job: Job,
+    /// The last checkpoint saved with [`Store::save_export`](crate::Store::save_export), opaque to
+    /// the store; `None` when nothing was committed yet.
+    pub checkpoint: Option<String>,
 }
 
 /// A job as stored, with its progress counters.
@@ -270,6 +321,9 @@ pub struct Job {
     /// the end (see [`Store::finish_ingest`](crate::Store::finish_ingest)). The inputs stored
     /// before still run; the job then ends `FAILED`.
     pub error: Option<String>,
+    /// Where its results are written besides the store, and how far, if the job has an output.
+    #[serde(default)]
+    pub output: Option<JobOutput>,
 }
 
 /// Filter and page for [`Store::list_jobs`](crate::Store::list_jobs). Jobs come newest first.

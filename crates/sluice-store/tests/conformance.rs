@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use sluice_store::{Claim, Completion, InputValue, ItemState, JobFilter, JobStatus, NewJob, NodeInfo, StoreError};
+use sluice_store::{
+    Claim, Completion, InputValue, ItemState, JobFilter, JobStatus, NewJob, NodeInfo, OutputSpec, OutputState,
+    StoreError,
+};
 
 mod common;
 
@@ -63,6 +66,9 @@ conformance!(
     ingest_claims_expire_are_released_and_move_to_one_node,
     concurrent_ingest_claims_have_one_winner,
     a_source_that_fails_part_way_fails_the_job_with_its_reason,
+    job_outputs_are_written_by_the_claim_holder_only,
+    export_claims_expire_are_released_and_keep_the_checkpoint,
+    concurrent_export_claims_have_one_winner,
 );
 
 fn claim(node: &str, model: &str, limit: u32, lease_ms: u64) -> Claim {
@@ -307,6 +313,7 @@ async fn lifecycle_counts_and_completion(b: &Backend) -> TestResult {
             timeout_ms: Some(60_000),
             open: true,
             source: Some("test".into()),
+            output: None,
         })
         .await?;
     assert_eq!(created.id.len(), 32);
@@ -1102,5 +1109,133 @@ async fn a_source_that_fails_part_way_fails_the_job_with_its_reason(b: &Backend)
     // Jobs without one have no error.
     let plain = closed_job(&store, 1).await?;
     assert_eq!(plain.error, None);
+    Ok(())
+}
+
+fn output_job(uri: &str) -> NewJob {
+    NewJob {
+        output: Some(OutputSpec {
+            uri: uri.to_owned(),
+            format: "parquet".to_owned(),
+        }),
+        ..new_job("m")
+    }
+}
+
+/// Issue 12: a job's output is kept with the job; only the node holding its export claim saves
+/// checkpoints and finishes it; a finished output is claimed no more.
+async fn job_outputs_are_written_by_the_claim_holder_only(b: &Backend) -> TestResult {
+    let store = b.open().await?;
+    assert!(matches!(
+        store.create_job(output_job(" ")).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let plain = store.create_job(new_job("m")).await?;
+    assert_eq!(plain.output, None);
+    assert!(store.claim_export(&plain.id, "a", LONG).await?.is_none(), "no output");
+    assert!(matches!(
+        store.claim_export("nope", "a", LONG).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    let j = store
+        .create_job_with_inputs(output_job("s3://b/out/"), texts(0..3), 100)
+        .await?;
+    let out = j.output.clone().ok_or("the job has its output")?;
+    assert_eq!((out.uri.as_str(), out.format.as_str()), ("s3://b/out/", "parquet"));
+    assert_eq!((out.state, out.rows, out.error), (OutputState::Writing, 0, None));
+    // Never claimed: every node may take it.
+    assert_eq!(store.exports_to_resume(None).await?, vec![j.id.clone()]);
+
+    let claim = store.claim_export(&j.id, "a", LONG).await?.ok_or("a claims it")?;
+    assert_eq!((claim.job.id.as_str(), claim.checkpoint), (j.id.as_str(), None));
+    assert!(store.claim_export(&j.id, "b", LONG).await?.is_none(), "a holds it");
+    assert!(store.exports_to_resume(None).await?.is_empty());
+    assert!(store.exports_to_resume(Some("b")).await?.is_empty());
+    assert_eq!(store.exports_to_resume(Some("a")).await?, vec![j.id.clone()]);
+
+    // Checkpoints from the holder only; a renewal hands the last one back.
+    assert!(!store.save_export(&j.id, "b", "{\"by\":\"b\"}", 1).await?);
+    assert!(store.save_export(&j.id, "a", "{\"cursor\":1}", 2).await?);
+    let renewed = store.claim_export(&j.id, "a", LONG).await?.ok_or("a renews")?;
+    assert_eq!(renewed.checkpoint.as_deref(), Some("{\"cursor\":1}"));
+    assert_eq!(job(&store, &j.id).await?.output.map(|o| o.rows), Some(2));
+
+    // Finished by the holder only, once.
+    assert!(!store.finish_export(&j.id, "b", None).await?);
+    assert!(store.finish_export(&j.id, "a", None).await?);
+    assert!(!store.finish_export(&j.id, "a", Some("again")).await?);
+    let done = job(&store, &j.id).await?.output.ok_or("still there")?;
+    assert_eq!((done.state, done.rows, done.error), (OutputState::Written, 2, None));
+    assert!(store.claim_export(&j.id, "a", LONG).await?.is_none(), "finished");
+    assert!(!store.save_export(&j.id, "a", "{}", 3).await?);
+    assert!(store.exports_to_resume(Some("a")).await?.is_empty());
+    assert_eq!(
+        job(&store, &j.id).await?.status,
+        JobStatus::Submitted,
+        "the job itself is unchanged"
+    );
+    Ok(())
+}
+
+/// Issue 12: an export claim that expires or is released moves to another node with the last
+/// checkpoint; the old holder can save nothing afterwards; a failed output keeps its reason.
+async fn export_claims_expire_are_released_and_keep_the_checkpoint(b: &Backend) -> TestResult {
+    let store = b.open().await?;
+    let j = store.create_job(output_job("/out")).await?;
+    assert!(store.claim_export(&j.id, "a", 300).await?.is_some());
+    assert!(store.save_export(&j.id, "a", "ck-a", 5).await?);
+    assert!(store.claim_export(&j.id, "b", LONG).await?.is_none());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(store.exports_to_resume(None).await?, vec![j.id.clone()]);
+    let taken = store.claim_export(&j.id, "b", LONG).await?.ok_or("b takes it")?;
+    assert_eq!(taken.checkpoint.as_deref(), Some("ck-a"));
+    assert!(store.claim_export(&j.id, "a", LONG).await?.is_none(), "a lost it");
+    assert!(!store.save_export(&j.id, "a", "late", 6).await?);
+    assert!(!store.finish_export(&j.id, "a", None).await?);
+
+    // A graceful stop gives it up at once; another store instance takes it.
+    assert!(!store.release_export(&j.id, "a").await?);
+    assert!(store.release_export(&j.id, "b").await?);
+    assert_eq!(store.exports_to_resume(None).await?, vec![j.id.clone()]);
+    let other = b.open().await?;
+    let resumed = other.claim_export(&j.id, "c", LONG).await?.ok_or("c claims it")?;
+    assert_eq!(resumed.checkpoint.as_deref(), Some("ck-a"));
+    assert!(!store.save_export(&j.id, "b", "late", 6).await?);
+    assert!(other.finish_export(&j.id, "c", Some("the bucket is gone")).await?);
+    let failed = job(&store, &j.id).await?.output.ok_or("output")?;
+    assert_eq!(failed.state, OutputState::Failed);
+    assert_eq!(failed.error.as_deref(), Some("the bucket is gone"));
+    assert_eq!(failed.rows, 5);
+    assert!(other.exports_to_resume(None).await?.is_empty());
+    Ok(())
+}
+
+/// Issue 12: of many nodes claiming one job's output at once, exactly one gets it.
+async fn concurrent_export_claims_have_one_winner(b: &Backend) -> TestResult {
+    let first = b.open().await?;
+    let j = first.create_job(output_job("/out")).await?;
+    let mut tasks = Vec::new();
+    for n in 0..8 {
+        let store = if n % 2 == 0 { first.clone() } else { b.open().await? };
+        let id = j.id.clone();
+        tasks.push(tokio::spawn(async move {
+            let node = format!("node-{n}");
+            let claimed = store.claim_export(&id, &node, LONG).await?;
+            Ok::<_, StoreError>(claimed.map(|_| node))
+        }));
+    }
+    let mut winners = Vec::new();
+    for task in tasks {
+        if let Some(node) = task.await?? {
+            winners.push(node);
+        }
+    }
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    for n in 0..8 {
+        let node = format!("node-{n}");
+        let saved = first.save_export(&j.id, &node, "ck", 1).await?;
+        assert_eq!(saved, node == winners[0], "{node}");
+    }
     Ok(())
 }

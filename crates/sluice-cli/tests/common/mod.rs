@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod moto;
+pub mod outputs;
 
 pub const SETUP: &str = "run `bash scripts/setup.sh` in the repository root first";
 
@@ -41,6 +42,9 @@ pub const SLUICE_ENV: &[&str] = &[
     "SLUICE_LOG",
     "SLUICE_LOG_FORMAT",
     "SLUICE_TEST_INGEST_DELAY_MS",
+    "SLUICE_OUTPUT_ROOTS",
+    "SLUICE_OUTPUT_PART_MB",
+    "SLUICE_OUTPUT_FLUSH_S",
 ];
 
 pub fn repo_root() -> PathBuf {

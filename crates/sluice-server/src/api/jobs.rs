@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::{Error as _, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
-use sluice_jobs::NewJobRequest;
+use sluice_jobs::{NewJobRequest, OutputRequest};
 use sluice_store::{InputValue, ItemResult, Job, JobFilter, JobStatus};
 use utoipa::{IntoParams, ToSchema};
 
@@ -70,6 +70,37 @@ pub struct CreateJob {
     /// Free-form labels to filter by.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Where to write the results as they arrive, besides the store: rolling
+    /// parts, `errors-*.jsonl` and `_manifest.json` in a folder or an
+    /// object-store prefix under an allowed `--output-root`.
+    #[serde(default)]
+    pub output: Option<OutputBody>,
+}
+
+/// `CreateJob::output`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutputBody {
+    /// A folder on the server or an object-store prefix (`s3://bucket/out/`).
+    pub uri: String,
+    /// `jsonl` (default) or `parquet`.
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+/// A job's output and how far it is written.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OutputView {
+    /// Where.
+    pub uri: String,
+    /// `jsonl` or `parquet`.
+    pub format: String,
+    /// `writing`, `written` (every result and the manifest) or `failed`.
+    pub state: String,
+    /// Results in committed parts.
+    pub rows: u64,
+    /// Why the output failed (the results stay readable through the API).
+    pub error: Option<String>,
 }
 
 /// The schema of `CreateJob::inputs`: an object with at least one key, or null.
@@ -183,6 +214,10 @@ pub struct JobView {
     pub eta_s: Option<f64>,
     /// Why the job failed as a whole, if it did; `null` otherwise.
     pub error: Option<JobError>,
+    /// Where its results are written besides the store, and how far; absent
+    /// without an output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputView>,
 }
 
 /// Why a job failed as a whole (its items' errors are in their results).
@@ -240,6 +275,18 @@ impl From<Job> for JobView {
                 code: "source_failed",
                 message,
             }),
+            output: j.output.map(|o| OutputView {
+                uri: o.uri,
+                format: o.format,
+                state: match o.state {
+                    sluice_store::OutputState::Writing => "writing",
+                    sluice_store::OutputState::Written => "written",
+                    sluice_store::OutputState::Failed => "failed",
+                }
+                .to_owned(),
+                rows: o.rows,
+                error: o.error,
+            }),
         }
     }
 }
@@ -268,6 +315,10 @@ pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<CreateJ
             timeout_ms: req.timeout_ms,
             priority: req.priority,
             tags: req.tags,
+            output: req.output.map(|o| OutputRequest {
+                uri: o.uri,
+                format: o.format,
+            }),
         })
         .await?;
     let location = format!("/v1/jobs/{}", job.id);

@@ -47,6 +47,8 @@ use crate::v2::{http, schema};
         jobs::CreateJob,
         jobs::JobView,
         jobs::JobError,
+        jobs::OutputBody,
+        jobs::OutputView,
         jobs::Counts,
         jobs::Timings,
         jobs::JobList,
