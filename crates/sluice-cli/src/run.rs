@@ -56,19 +56,16 @@ pub struct RunArgs {
     overrides: Overrides,
 }
 
-/// Result fields a kept column may not be named after.
-const RESERVED: [&str; 5] = ["id", "output", "error", "error_code", "error_message"];
-
 /// Kept columns of the items in flight, by key, until their results are written.
 type KeptInFlight = Arc<Mutex<HashMap<String, VecDeque<Kept>>>>;
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    if let Some(name) = args.keep_columns.iter().find(|c| RESERVED.contains(&c.as_str())) {
-        anyhow::bail!("--keep-columns {name}: '{name}' is a field of every result row; keep another column");
+    // Checked before the model loads (and again by the source layer when it opens).
+    sluice_io::Fields {
+        keep: args.keep_columns.clone(),
+        ..sluice_io::Fields::default()
     }
-    if args.keep_columns.iter().any(String::is_empty) {
-        anyhow::bail!("--keep-columns has an empty column name (two commas, or a comma at an end)");
-    }
+    .check_keep()?;
     let mut spec = crate::load_spec(&args.model)?;
     args.overrides.apply(&mut spec)?;
     let kind = Kind::of(&spec.processing);

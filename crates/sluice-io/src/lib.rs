@@ -223,6 +223,32 @@ pub enum SourceError {
     /// plain lines, a folder, a glob, a prefix, or a file read whole.
     #[error("{0}: --keep-columns needs a JSONL, CSV or Parquet input")]
     NoColumns(String),
+    /// A kept column that cannot be one: an empty name, or the name of a
+    /// field every result row has ([`RESULT_FIELDS`]).
+    #[error("--keep-columns: {0}")]
+    BadKeep(String),
+}
+
+/// The fields of every result row, which a kept column may not be named
+/// after.
+pub const RESULT_FIELDS: [&str; 5] = ["id", "output", "error", "error_code", "error_message"];
+
+impl Fields {
+    /// Checks the kept columns: none empty, none named after a field of
+    /// every result row ([`RESULT_FIELDS`]). [`Source::open`] calls it.
+    pub fn check_keep(&self) -> Result<(), SourceError> {
+        if self.keep.iter().any(String::is_empty) {
+            return Err(SourceError::BadKeep(
+                "an empty column name (two commas, or a comma at an end)".into(),
+            ));
+        }
+        if let Some(name) = self.keep.iter().find(|c| RESULT_FIELDS.contains(&c.as_str())) {
+            return Err(SourceError::BadKeep(format!(
+                "'{name}' is a field of every result row; keep another column"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// A source anywhere: a local path ([`LocalSource`]) or an object-store URI
@@ -238,6 +264,7 @@ pub enum Source {
 impl Source {
     /// Opens `spec`, a local path or an object-store URI.
     pub fn open(spec: &str, opts: SourceOptions) -> Result<Source, SourceError> {
+        opts.fields.check_keep()?;
         if is_object_uri(spec) {
             ObjectSource::open(spec, opts).map(Source::Object)
         } else {

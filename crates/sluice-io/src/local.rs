@@ -518,6 +518,31 @@ mod tests {
     }
 
     #[test]
+    fn kept_columns_named_after_result_fields_or_empty_are_refused_by_the_source() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write(
+            dir.path(),
+            "t.jsonl",
+            b"{\"id\": \"a\", \"text\": \"x\", \"lang\": \"en\"}\n",
+        );
+        let open = |keep: &[&str]| {
+            let mut opts = SourceOptions::new(Want::Text);
+            opts.fields.keep = keep.iter().map(|k| k.to_string()).collect();
+            crate::Source::open(&file, opts).map(drop)
+        };
+        for bad in [&["lang", "output"][..], &["error_code"], &["lang", ""]] {
+            match open(bad) {
+                Err(SourceError::BadKeep(m)) => assert!(
+                    m.contains("output") || m.contains("error_code") || m.contains("empty"),
+                    "{m}"
+                ),
+                other => panic!("{bad:?}: expected BadKeep, got {other:?}"),
+            }
+        }
+        open(&["lang"]).expect("a column of the input");
+    }
+
+    #[test]
     fn jsonl_lines_are_numbered_physically() {
         let dir = tempfile::tempdir().expect("tempdir");
         let body = b"{\"text\": \"a\"}\n\n{\"id\": \"x\", \"text\": \"b\"}\r\nnot json\n\xff\xfe\n{\"text\": \"c\"}";

@@ -128,15 +128,23 @@ impl Target {
     /// target (so the rename stays on one file system), else in the system's
     /// temporary folder.
     pub fn temp_file(&self, name: &str) -> Result<(File, PathBuf), SinkError> {
-        let path = match self {
-            Target::Local(dir) => dir.join(format!(".{name}.tmp")),
-            Target::Object { .. } => {
-                let unique = format!("sluice-{}-{}-{name}.tmp", std::process::id(), uuid_like(),);
-                std::env::temp_dir().join(unique)
+        match self {
+            Target::Local(dir) => {
+                let path = dir.join(format!(".{name}.tmp"));
+                let file = File::create(&path).map_err(io_err(&path))?;
+                Ok((file, path))
             }
-        };
-        let file = File::create(&path).map_err(io_err(&path))?;
-        Ok((file, path))
+            Target::Object { .. } => {
+                // A name of its own in the system's temporary folder, created exclusively.
+                let tmp = std::env::temp_dir();
+                tempfile::Builder::new()
+                    .prefix("sluice-")
+                    .suffix(&format!("-{name}.tmp"))
+                    .tempfile_in(&tmp)
+                    .and_then(|f| f.keep().map_err(|e| e.error))
+                    .map_err(io_err(&tmp))
+            }
+        }
     }
 
     /// Gives the whole temporary file `tmp` its final name `name` (see the
@@ -227,18 +235,6 @@ impl Target {
             }
         }
     }
-}
-
-/// A short random-enough suffix for temporary names (process id, time and
-/// a counter; no two calls in one process return the same).
-fn uuid_like() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{nanos:x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Uploads the file at `from` to `key`, retrying the whole upload with
