@@ -103,6 +103,14 @@ pub struct SubmitArgs {
     /// With --wait: write the results here when done.
     #[arg(long, short)]
     output: Option<PathBuf>,
+    /// Have the server write the results, as they arrive, to this folder
+    /// or object-store prefix (under one of its --output-root), as parts
+    /// with a manifest (docs/outputs.md, "Jobs").
+    #[arg(long)]
+    write_to: Option<String>,
+    /// The format of the parts --write-to writes: jsonl (default) or parquet.
+    #[arg(long, requires = "write_to")]
+    write_format: Option<String>,
 }
 
 async fn check(resp: reqwest::Response) -> anyhow::Result<serde_json::Value> {
@@ -214,6 +222,7 @@ async fn submit(http: &reqwest::Client, base: &str, args: SubmitArgs) -> anyhow:
             .json(&serde_json::json!({
                 "model": args.model, "open": true, "priority": args.priority, "tags": args.tags,
                 "timeout_ms": args.timeout_ms,
+                "output": args.write_to.as_ref().map(|uri| serde_json::json!({"uri": uri, "format": args.write_format})),
             }))
             .send()
             .await?,
@@ -309,6 +318,23 @@ async fn submit(http: &reqwest::Client, base: &str, args: SubmitArgs) -> anyhow:
     if let Some(out) = args.output {
         let n = stream_results(http, base, &id, Some(&out), false, None).await?;
         eprintln!("{n} results written to {}", out.display());
+    }
+    if let Some(uri) = &args.write_to {
+        // The server commits the last parts and the manifest just after the job ends.
+        let output = loop {
+            let j = check(http.get(format!("{base}/v1/jobs/{id}")).send().await?).await?;
+            if j["output"]["state"] != "writing" {
+                break j["output"].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        if output["state"] != "written" {
+            bail!(
+                "the server could not write the results to {uri}: {}; they stay readable with `sluice jobs results {id}`",
+                output["error"].as_str().unwrap_or("(no reason given)")
+            );
+        }
+        eprintln!("{} results written to {uri} (parts and _manifest.json)", output["rows"]);
     }
     Ok(())
 }

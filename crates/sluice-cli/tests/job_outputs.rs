@@ -245,6 +245,38 @@ fn outputs_outside_the_roots_or_in_a_missing_bucket_are_refused_with_the_reason(
     assert!(text.contains("no-such-bucket"), "{text}");
     assert!(!text.contains(SECRET_KEY), "{text}");
 
+    // `sluice jobs submit --write-to` uploads local inputs and has the server write the parts.
+    let o = sluice_cmd()
+        .args([
+            "jobs",
+            "--server",
+            &server.base,
+            "submit",
+            "--model",
+            "text-ids",
+            "--input",
+        ])
+        .arg(&fx.texts)
+        .args([
+            "--write-to",
+            "s3://results/jobs/cli/",
+            "--write-format",
+            "parquet",
+            "--wait",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("sluice jobs submit");
+    assert_success(&o, "jobs submit --write-to");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("10 results written to s3://results/jobs/cli/"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let got = read_back(&fx.moto, fx.work.path(), "results", "jobs/cli/");
+    assert_eq!(got["manifest"]["counts"]["total"], 10);
+    assert_eq!(got["rows"].as_array().map(Vec::len), Some(10));
+
     // A place that already holds an output is refused: two jobs never mix their parts.
     let (status, first) = post(json!({"uri": "s3://results/jobs/once/"}));
     assert_eq!(status, 201, "{first}");
