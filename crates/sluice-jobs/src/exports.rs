@@ -230,6 +230,9 @@ impl Export {
         })?;
         let mut after = checkpoint.after;
         let mut committed_at = Instant::now();
+        // The job once seen terminal: every result was recorded before that, so the next empty
+        // page ends the output. Its status is read only when the writer has caught up.
+        let mut terminal: Option<Job> = None;
         let ended = loop {
             if self.shutdown.is_set() {
                 // Commit what is open, so that the next writer redoes nothing.
@@ -237,15 +240,19 @@ impl Export {
                 self.save(&job, state, after)?;
                 return Err(Stop::Quit("the server is shutting down".into()));
             }
-            // The status first: a job that was terminal before its results were read has them all.
-            let now = self
-                .handle
-                .block_on(self.store.get_job(&job.id))?
-                .ok_or_else(|| Stop::Quit("the job is gone".into()))?;
             let page = self.handle.block_on(self.store.results(&job.id, after, PAGE))?;
             if page.is_empty() {
+                if let Some(done) = terminal {
+                    break done;
+                }
+                let now = self
+                    .handle
+                    .block_on(self.store.get_job(&job.id))?
+                    .ok_or_else(|| Stop::Quit("the job is gone".into()))?;
                 if now.status.is_terminal() {
-                    break now;
+                    // Read once more: results recorded between the page and the status.
+                    terminal = Some(now);
+                    continue;
                 }
                 if !sink.is_committed() && committed_at.elapsed() >= self.config.flush_every {
                     let state = sink.checkpoint()?;
@@ -344,11 +351,6 @@ impl Jobs {
         })
     }
 
-    /// This node's claim length, ms.
-    fn export_lease_ms(&self) -> u64 {
-        u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX)
-    }
-
     /// Claims the output of job `id` for this node and starts writing it;
     /// does nothing when this process writes it already or another node
     /// holds it. Returns whether it started.
@@ -356,7 +358,7 @@ impl Jobs {
         if self.exporters.contains(id) {
             return false;
         }
-        let claim = match self.store.claim_export(id, &self.node_id, self.export_lease_ms()).await {
+        let claim = match self.store.claim_export(id, &self.node_id, self.lease_ms()).await {
             Ok(Some(claim)) => claim,
             Ok(None) => return false,
             Err(e) => {
@@ -430,11 +432,7 @@ impl Jobs {
                     () = jobs.shutdown.wait() => return,
                 }
                 for id in jobs.exporters.ids() {
-                    if let Err(e) = jobs
-                        .store
-                        .claim_export(&id, &jobs.node_id, jobs.export_lease_ms())
-                        .await
-                    {
+                    if let Err(e) = jobs.store.claim_export(&id, &jobs.node_id, jobs.lease_ms()).await {
                         tracing::warn!(job = %id, error = %e, "cannot renew the export claim");
                     }
                 }

@@ -398,8 +398,8 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 impl Jobs {
-    /// This node's ingest claim length, ms.
-    fn lease_ms(&self) -> u64 {
+    /// This node's claim length (ingest and export claims), ms.
+    pub(crate) fn lease_ms(&self) -> u64 {
         u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX)
     }
 
