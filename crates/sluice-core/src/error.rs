@@ -79,6 +79,9 @@ pub struct BatchError {
     /// Whether the failure could depend on the items (then bisecting helps).
     /// False for failures of the runtime itself (library missing, device lost).
     pub item_dependent: bool,
+    /// The batch did not fit in memory: a smaller batch may succeed, so the
+    /// engine splits it and retries, and backs the model's batch size off.
+    pub out_of_memory: bool,
 }
 
 impl BatchError {
@@ -87,6 +90,7 @@ impl BatchError {
         BatchError {
             message: message.into(),
             item_dependent: true,
+            out_of_memory: false,
         }
     }
 
@@ -95,6 +99,78 @@ impl BatchError {
         BatchError {
             message: message.into(),
             item_dependent: false,
+            out_of_memory: false,
         }
+    }
+
+    /// The batch ran out of memory (a smaller one may fit).
+    pub fn out_of_memory(message: impl Into<String>) -> BatchError {
+        BatchError {
+            message: message.into(),
+            item_dependent: true,
+            out_of_memory: true,
+        }
+    }
+
+    /// Whether the failure is an out-of-memory error: marked so by the
+    /// backend, or reported in words a runtime uses for one (see
+    /// [`looks_like_out_of_memory`]).
+    pub fn is_out_of_memory(&self) -> bool {
+        self.out_of_memory || looks_like_out_of_memory(&self.message)
+    }
+}
+
+/// Phrases with which runtimes report an allocation failure: ONNX Runtime on
+/// CPU ("Failed to allocate memory for requested buffer", `bad_alloc`) and on
+/// CUDA ("CUDA failure 2: out of memory", `cudaErrorMemoryAllocation`,
+/// `CUBLAS_STATUS_ALLOC_FAILED`, the BFC arena's "Available memory of"),
+/// PyTorch and Python OMI workers ("CUDA out of memory", `MemoryError`), and
+/// gRPC's `RESOURCE_EXHAUSTED` status an OMI worker may answer with.
+const OOM_PHRASES: &[&str] = &[
+    "out of memory",
+    "failed to allocate memory",
+    "bad_alloc",
+    "bad allocation",
+    "cudaerrormemoryallocation",
+    "cuda_error_out_of_memory",
+    "cublas_status_alloc_failed",
+    "available memory of",
+    "memoryerror",
+    "resource_exhausted",
+    "resource has been exhausted",
+    "resourceexhausted",
+];
+
+/// Whether a runtime's error message reports an out-of-memory failure.
+pub fn looks_like_out_of_memory(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    OOM_PHRASES.iter().any(|p| lower.contains(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_allocation_failures_are_recognised() {
+        for m in [
+            "Failed to allocate memory for requested buffer of size 268435456",
+            "std::bad_alloc",
+            "CUDA failure 2: out of memory ; GPU=0 ; hostname=x ; expr=cudaMalloc",
+            "BFCArena::AllocateRawInternal Available memory of 0 is smaller than requested bytes of 8388608",
+            "the worker failed the batch: Some resource has been exhausted: MemoryError",
+            "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+        ] {
+            assert!(looks_like_out_of_memory(m), "{m}");
+        }
+        for m in [
+            "input 'x': expected shape [512], got [3]",
+            "the worker failed the batch: ValueError: bad row",
+            "injected failure: the batch contains a poisoned item",
+        ] {
+            assert!(!looks_like_out_of_memory(m), "{m}");
+        }
+        assert!(BatchError::out_of_memory("max_batch_bytes exceeded").is_out_of_memory());
+        assert!(!BatchError::new("shape").is_out_of_memory());
     }
 }

@@ -63,6 +63,16 @@ pub struct ModelSpec {
     pub model_file: Option<PathBuf>,
     /// Largest batch one call may receive.
     pub max_batch_size: usize,
+    /// Most padded tokens in one batch (items × longest item), for text:
+    /// a batch of long texts then holds fewer items than one of short texts.
+    /// An item longer than the budget runs alone. None: no budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_tokens: Option<usize>,
+    /// Most input bytes in one batch (items × largest item, as padded); a
+    /// batch over it is split and retried like one that ran out of memory,
+    /// and the batch size backs off. None: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_bytes: Option<u64>,
     /// Longest an item waits for its batch to fill.
     #[serde(default = "default_delay_ms")]
     pub max_batch_delay_ms: u64,
@@ -545,6 +555,12 @@ impl ModelSpec {
     pub fn validate(&self) -> Result<(), String> {
         if self.max_batch_size == 0 {
             return Err("max_batch_size must be at least 1".into());
+        }
+        if self.max_batch_tokens == Some(0) {
+            return Err("max_batch_tokens must be at least 1 (leave it out for no budget)".into());
+        }
+        if self.max_batch_bytes == Some(0) {
+            return Err("max_batch_bytes must be at least 1 (leave it out for no limit)".into());
         }
         if self.instances == 0 {
             return Err("instances must be at least 1".into());

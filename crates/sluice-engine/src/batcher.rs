@@ -17,10 +17,13 @@ use sluice_core::spec::ModelSpec;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::item::{Batch, Queued};
+use crate::limit::Limiter;
 use crate::stats::Stats;
 
 pub(crate) struct Config {
     policy: PolicyConfig,
+    /// Share of each batch kept for bulk items (`bulk_min_share`).
+    bulk_share: f64,
     /// Most bulk items held for the policy to choose from.
     window: usize,
 }
@@ -32,7 +35,9 @@ pub(crate) fn config(spec: &ModelSpec) -> Config {
             max_delay: spec.max_delay(),
             group_by_length: spec.group_by_length,
             bulk_reserve: PolicyConfig::reserve_for(spec.max_batch_size, spec.bulk_min_share),
+            max_batch_tokens: spec.max_batch_tokens,
         },
+        bulk_share: spec.bulk_min_share,
         window: spec
             .batch_window
             .unwrap_or_else(|| spec.max_batch_size.saturating_mul(16))
@@ -128,9 +133,10 @@ impl Lanes {
 pub(crate) async fn run(
     inbound: Inbound,
     tx: async_channel::Sender<Batch>,
-    cfg: Config,
+    mut cfg: Config,
     instances: usize,
     stats: Arc<Stats>,
+    limiter: Arc<Limiter>,
 ) {
     let free = Arc::new(Semaphore::new(instances));
     let mut lanes = Lanes {
@@ -196,6 +202,12 @@ pub(crate) async fn run(
             // We hold one permit: the model is idle when every other one is free too.
             idle: free.available_permits() + 1 == instances && inbound.realtime.is_empty() && inbound.bulk.is_empty(),
         };
+        // The size in force now: the configured one, or less after out-of-memory failures.
+        let effective = limiter.effective();
+        if effective != cfg.policy.max_batch_size {
+            cfg.policy.max_batch_size = effective;
+            cfg.policy.bulk_reserve = PolicyConfig::reserve_for(effective, cfg.bulk_share);
+        }
         let lanes_now = policy::Lanes {
             realtime: &rt_meta,
             bulk: &bulk_meta,

@@ -1,6 +1,9 @@
 //! Fault injection: a backend wrapper whose runtime fails, panics or hangs
-//! when an item carries a cue value. Tests use it to prove that one bad item
-//! fails alone and that a misbehaving runtime never takes the process down.
+//! when an item carries a cue value, or runs out of memory above a number of
+//! items or padded tokens. Tests use it to prove that one bad item fails
+//! alone, that a misbehaving runtime never takes the process down, and that a
+//! batch too big for memory is split instead of failed. Behind the
+//! `test-util` feature.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -20,6 +23,75 @@ pub struct FaultyBackend {
     inner: Arc<dyn Backend>,
     sleep: Duration,
     calls: Arc<AtomicUsize>,
+    memory: Arc<Memory>,
+}
+
+/// The memory a [`FaultyBackend`] pretends to have, changeable while it
+/// runs, and the largest batches that fitted. A batch of more than `items`
+/// items, or of more than `tokens` padded tokens (items × the largest item's
+/// element count), fails with ONNX Runtime's allocation-failure message.
+#[derive(Debug)]
+pub struct Memory {
+    items: AtomicUsize,
+    tokens: AtomicUsize,
+    largest_items: AtomicUsize,
+    largest_tokens: AtomicUsize,
+    failures: AtomicUsize,
+}
+
+impl Memory {
+    /// Batches of more than `n` items run out of memory.
+    pub fn limit_items(&self, n: usize) {
+        self.items.store(n, Ordering::Relaxed);
+    }
+
+    /// Batches of more than `n` padded tokens run out of memory.
+    pub fn limit_tokens(&self, n: usize) {
+        self.tokens.store(n, Ordering::Relaxed);
+    }
+
+    /// Any batch fits again.
+    pub fn lift(&self) {
+        self.limit_items(usize::MAX);
+        self.limit_tokens(usize::MAX);
+    }
+
+    /// Most items in a batch that ran.
+    pub fn largest_items(&self) -> usize {
+        self.largest_items.load(Ordering::Relaxed)
+    }
+
+    /// Most padded tokens in a batch that ran.
+    pub fn largest_tokens(&self) -> usize {
+        self.largest_tokens.load(Ordering::Relaxed)
+    }
+
+    /// Runtime calls that ran out of memory.
+    pub fn failures(&self) -> usize {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Checks a batch against the limits; records it when it fits.
+    fn admit(&self, batch: &[&NamedTensors]) -> Result<(), BatchError> {
+        let longest = batch
+            .iter()
+            .map(|item| item.values().map(|t| t.data.len()).max().unwrap_or(0))
+            .max()
+            .unwrap_or(0);
+        let tokens = longest.saturating_mul(batch.len());
+        if batch.len() > self.items.load(Ordering::Relaxed) || tokens > self.tokens.load(Ordering::Relaxed) {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            // What ONNX Runtime's CPU allocator reports; the engine must recognise it.
+            return Err(BatchError::new(format!(
+                "Non-zero status code returned while running MatMul node. Name:'fc1' Status Message: \
+                 Failed to allocate memory for requested buffer of size {}",
+                tokens.saturating_mul(4096)
+            )));
+        }
+        self.largest_items.fetch_max(batch.len(), Ordering::Relaxed);
+        self.largest_tokens.fetch_max(tokens, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 impl FaultyBackend {
@@ -29,7 +101,19 @@ impl FaultyBackend {
             inner,
             sleep,
             calls: Arc::new(AtomicUsize::new(0)),
+            memory: Arc::new(Memory {
+                items: AtomicUsize::new(usize::MAX),
+                tokens: AtomicUsize::new(usize::MAX),
+                largest_items: AtomicUsize::new(0),
+                largest_tokens: AtomicUsize::new(0),
+                failures: AtomicUsize::new(0),
+            }),
         }
+    }
+
+    /// The memory its instances pretend to have (unlimited at first).
+    pub fn memory(&self) -> Arc<Memory> {
+        self.memory.clone()
     }
 
     /// Runtime calls made so far by all instances (bisection included).
@@ -52,6 +136,7 @@ impl Backend for FaultyBackend {
             inner: self.inner.create_instance(index)?,
             sleep: self.sleep,
             calls: self.calls.clone(),
+            memory: self.memory.clone(),
         }))
     }
 }
@@ -60,6 +145,7 @@ struct Faulty {
     inner: Box<dyn Runtime>,
     sleep: Duration,
     calls: Arc<AtomicUsize>,
+    memory: Arc<Memory>,
 }
 
 fn cue(item: &NamedTensors) -> Option<f64> {
@@ -81,6 +167,7 @@ impl Runtime for Faulty {
                 _ => {}
             }
         }
+        self.memory.admit(batch)?;
         self.inner.run(batch)
     }
 }

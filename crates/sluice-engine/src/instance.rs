@@ -8,6 +8,7 @@ use sluice_core::{BatchError, ItemError, ItemErrorKind, NamedTensors, Runtime};
 use sluice_processing::Processor;
 
 use crate::item::{Batch, Completion, DoneGuard};
+use crate::limit::Limiter;
 use crate::stats::{QueueWaits, Stats};
 
 pub(crate) struct Context {
@@ -15,6 +16,7 @@ pub(crate) struct Context {
     pub index: usize,
     pub processor: Arc<dyn Processor>,
     pub stats: Arc<Stats>,
+    pub limiter: Arc<Limiter>,
     pub _done: Arc<DoneGuard>,
 }
 
@@ -42,7 +44,7 @@ pub(crate) fn run(mut runtime: Box<dyn Runtime>, rx: async_channel::Receiver<Bat
             duration_ms = tracing::field::Empty
         );
         ctx.stats.instance_busy(true);
-        let outcomes = span.in_scope(|| run_isolating(runtime.as_mut(), &inputs, &ctx.stats));
+        let outcomes = span.in_scope(|| run_isolating(runtime.as_mut(), &inputs, &ctx.stats, &ctx.limiter));
         ctx.stats.instance_busy(false);
         let run_time = started.elapsed();
         ctx.stats.record_run(run_time);
@@ -91,33 +93,55 @@ pub(crate) fn run(mut runtime: Box<dyn Runtime>, rx: async_channel::Receiver<Bat
 }
 
 /// Runs `batch`; when the whole call fails, splits it in halves and retries
-/// each, down to single items, so only the items that fail get an error.
+/// each, down to single items, so only the items that fail get an error. A
+/// batch that runs out of memory (or is over `max_batch_bytes`) is split the
+/// same way and the model's batch size backs off: its items fail only if one
+/// alone does not fit.
 pub(crate) fn run_isolating(
     runtime: &mut dyn Runtime,
     batch: &[&NamedTensors],
     stats: &Stats,
+    limiter: &Limiter,
 ) -> Vec<Result<NamedTensors, ItemError>> {
-    let outcome = catch_unwind(AssertUnwindSafe(|| runtime.run(batch)))
-        .unwrap_or_else(|p| Err(BatchError::new(format!("runtime panicked: {}", panic_message(&p)))));
-    let error = match outcome {
-        Ok(results) if results.len() == batch.len() => return results,
-        Ok(results) => BatchError::new(format!(
-            "runtime returned {} results for {} items",
-            results.len(),
-            batch.len()
-        )),
-        Err(e) => e,
+    let error = match limiter.over_bytes(batch) {
+        Some(e) => e,
+        None => {
+            let outcome = catch_unwind(AssertUnwindSafe(|| runtime.run(batch)))
+                .unwrap_or_else(|p| Err(BatchError::new(format!("runtime panicked: {}", panic_message(&p)))));
+            match outcome {
+                Ok(results) if results.len() == batch.len() => {
+                    limiter.succeeded(batch.len(), stats);
+                    return results;
+                }
+                Ok(results) => BatchError::new(format!(
+                    "runtime returned {} results for {} items",
+                    results.len(),
+                    batch.len()
+                )),
+                Err(e) => e,
+            }
+        }
     };
+    let out_of_memory = error.is_out_of_memory();
     if batch.len() == 1 || !error.item_dependent {
+        let message = if out_of_memory && batch.len() == 1 {
+            format!("out of memory with this item alone in its batch: {}", error.message)
+        } else {
+            error.message
+        };
         return batch
             .iter()
-            .map(|_| Err(ItemError::inference(error.message.clone())))
+            .map(|_| Err(ItemError::inference(message.clone())))
             .collect();
     }
-    stats.record_bisection();
+    if out_of_memory {
+        limiter.ran_out_of_memory(batch.len(), &error, stats);
+    } else {
+        stats.record_bisection();
+    }
     let mid = batch.len() / 2;
-    let mut left = run_isolating(runtime, &batch[..mid], stats);
-    left.extend(run_isolating(runtime, &batch[mid..], stats));
+    let mut left = run_isolating(runtime, &batch[..mid], stats, limiter);
+    left.extend(run_isolating(runtime, &batch[mid..], stats, limiter));
     left
 }
 

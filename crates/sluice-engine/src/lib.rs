@@ -13,12 +13,15 @@
 //! only when an instance is free, so the policy picks from everything that
 //! waits at that moment. Inference and processing run on dedicated OS
 //! threads, never on the async executor. A failed batch is bisected until
-//! only the failing items fail.
+//! only the failing items fail; one that runs out of memory is split and
+//! retried, and the model's effective batch size backs off (`limit`).
 
 mod batcher;
+#[cfg(any(test, feature = "test-util"))]
 pub mod fault;
 mod instance;
 mod item;
+mod limit;
 mod model;
 pub mod noop;
 mod stats;

@@ -127,12 +127,18 @@ impl Model {
             runtimes.push(backend.create_instance(i).map_err(|e| load_err(e.message))?);
         }
         let done_guard = Arc::new(DoneGuard(done_tx));
+        let limiter = Arc::new(crate::limit::Limiter::new(
+            &spec.name,
+            spec.max_batch_size,
+            spec.max_batch_bytes,
+        ));
         for (i, runtime) in runtimes.into_iter().enumerate() {
             let ctx = instance::Context {
                 model: spec.name.clone(),
                 index: i,
                 processor: processor.clone(),
                 stats: stats.clone(),
+                limiter: limiter.clone(),
                 _done: done_guard.clone(),
             };
             let rx = batch_rx.clone();
@@ -173,7 +179,7 @@ impl Model {
         let instances = spec.instances;
         std::thread::Builder::new()
             .name(format!("sluice-{}-batcher", spec.name))
-            .spawn(move || batcher_rt.block_on(batcher::run(inbound, batch_tx, cfg, instances, batcher_stats)))
+            .spawn(move || batcher_rt.block_on(batcher::run(inbound, batch_tx, cfg, instances, batcher_stats, limiter)))
             .map_err(|e| load_err(format!("cannot start the batcher thread: {e}")))?;
         tracing::info!(model = %spec.name, backend = %backend.describe(), max_batch_size = spec.max_batch_size, instances = spec.instances, "model started");
         Ok(Model {

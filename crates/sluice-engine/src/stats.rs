@@ -22,6 +22,9 @@ pub struct Stats {
     batched_items: AtomicU64,
     batched_realtime: AtomicU64,
     bisections: AtomicU64,
+    out_of_memory: AtomicU64,
+    backoffs: AtomicU64,
+    effective_batch_size: AtomicU64,
     realtime: AtomicU64,
     rejected: AtomicU64,
     expired: AtomicU64,
@@ -137,6 +140,13 @@ pub struct StatsSnapshot {
     pub batched_realtime: u64,
     /// Extra runtime calls made to isolate failing items.
     pub bisections: u64,
+    /// Batches that ran out of memory (or over `max_batch_bytes`) and were split.
+    pub out_of_memory_batches: u64,
+    /// Times the effective max batch size was lowered after one.
+    pub batch_size_backoffs: u64,
+    /// The max batch size the batcher uses now: the configured one, or less
+    /// after out-of-memory failures.
+    pub effective_batch_size: u64,
     /// Real-time items accepted.
     pub realtime_items: u64,
     /// Real-time items refused because the real-time queue was full (429).
@@ -204,6 +214,9 @@ impl Stats {
             batched_items: AtomicU64::new(0),
             batched_realtime: AtomicU64::new(0),
             bisections: AtomicU64::new(0),
+            out_of_memory: AtomicU64::new(0),
+            backoffs: AtomicU64::new(0),
+            effective_batch_size: AtomicU64::new(max_batch_size as u64),
             realtime: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             expired: AtomicU64::new(0),
@@ -265,6 +278,18 @@ impl Stats {
         self.bisections.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn record_out_of_memory(&self) {
+        self.out_of_memory.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn record_backoff(&self) {
+        self.backoffs.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn set_effective_batch_size(&self, size: usize) {
+        self.effective_batch_size.store(size as u64, Relaxed);
+    }
+
     pub(crate) fn record_realtime(&self, accepted: usize, rejected: usize) {
         self.realtime.fetch_add(accepted as u64, Relaxed);
         self.rejected.fetch_add(rejected as u64, Relaxed);
@@ -304,6 +329,9 @@ impl Stats {
             batched_items: self.batched_items.load(Relaxed),
             batched_realtime: self.batched_realtime.load(Relaxed),
             bisections: self.bisections.load(Relaxed),
+            out_of_memory_batches: self.out_of_memory.load(Relaxed),
+            batch_size_backoffs: self.backoffs.load(Relaxed),
+            effective_batch_size: self.effective_batch_size.load(Relaxed),
             realtime_items: self.realtime.load(Relaxed),
             realtime_rejected: self.rejected.load(Relaxed),
             expired: self.expired.load(Relaxed),

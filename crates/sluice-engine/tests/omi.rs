@@ -532,3 +532,34 @@ async fn invalid_inputs_are_invalid_input_errors() {
     model.join().await;
     wait_gone(&pids);
 }
+
+/// Issue 16: a Python worker whose `process` raises `MemoryError` for more than 3 items. The SDK
+/// answers RESOURCE_EXHAUSTED, the engine splits the batch instead of failing it, and the model's
+/// effective batch size backs off to 3: every item succeeds, none in a batch of more than 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_out_of_memory_backs_the_batch_size_off_and_fails_no_item() {
+    let Some(fx) = fixture_with(8, 8, 30.0, ", TEST_WORKER_MEMORY_ITEMS = \"3\"", "") else {
+        return;
+    };
+    let (model, backend) = start(&fx.spec).await;
+    let texts: Vec<String> = (0..240).map(|i| format!("text {i}")).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let done = run_all(&model, &refs).await;
+    for (i, t) in texts.iter().enumerate() {
+        let f = files(&done[&format!("t{i}")]);
+        assert_eq!(f["output"], serde_json::json!(t.to_uppercase()));
+        assert!(number(&f["batch_size"]) <= 3, "ran in a batch of {}", f["batch_size"]);
+    }
+    let s = model.stats();
+    assert_eq!(s.items_failed, 0, "{s:?}");
+    assert!(s.out_of_memory_batches > 0 && s.batch_size_backoffs > 0, "{s:?}");
+    assert!(
+        s.effective_batch_size == 3 || s.effective_batch_size == 4,
+        "settled at 3 (4 only while it is retried): {s:?}"
+    );
+    assert_eq!(backend.counters().restarts, 0, "out of memory is not a crash");
+    let pids = backend.worker_pids();
+    model.close();
+    model.join().await;
+    wait_gone(&pids);
+}

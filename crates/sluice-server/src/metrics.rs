@@ -52,6 +52,12 @@ pub mod names {
     pub const INSTANCES: &str = "sluice_model_instances";
     /// Gauge `{model}`: the model's max batch size.
     pub const MAX_BATCH_SIZE: &str = "sluice_model_max_batch_size";
+    /// Gauge `{model}`: the max batch size in force now (lower after out-of-memory back-offs).
+    pub const EFFECTIVE_BATCH_SIZE: &str = "sluice_model_effective_batch_size";
+    /// Counter `{model}`: batches that ran out of memory (or over `max_batch_bytes`) and were split.
+    pub const OUT_OF_MEMORY: &str = "sluice_model_out_of_memory_batches_total";
+    /// Counter `{model}`: times the effective max batch size was lowered.
+    pub const BACKOFFS: &str = "sluice_model_batch_size_backoffs_total";
     /// Gauge `{model}`: 1 if the model serves, 0 if it failed to load.
     pub const MODEL_UP: &str = "sluice_model_up";
     /// Gauge `{job, model, state="total"|"completed"|"failed"|"pending"}`: items of an active job.
@@ -249,6 +255,27 @@ pub fn render(state: &AppState, jobs: &[Job]) -> String {
         "gauge",
         "Largest batch per model call.",
         &|m| m.max_batch_size as u64,
+    );
+    per_model(
+        &mut e,
+        names::EFFECTIVE_BATCH_SIZE,
+        "gauge",
+        "Max batch size in force now: lower than the configured one after out-of-memory back-offs.",
+        &|m| m.stats.effective_batch_size,
+    );
+    per_model(
+        &mut e,
+        names::OUT_OF_MEMORY,
+        "counter",
+        "Batches that ran out of memory (or over max_batch_bytes) and were split and retried.",
+        &|m| m.stats.out_of_memory_batches,
+    );
+    per_model(
+        &mut e,
+        names::BACKOFFS,
+        "counter",
+        "Times the effective max batch size was lowered after an out-of-memory failure.",
+        &|m| m.stats.batch_size_backoffs,
     );
     per_model(&mut e, names::INSTANCES, "gauge", "Model instances configured.", &|m| {
         m.instances as u64

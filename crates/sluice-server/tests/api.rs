@@ -24,16 +24,6 @@ fn embedding(line: &Value) -> Vec<f64> {
         .collect()
 }
 
-/// `output.tensors.y.data` of a tiny-MLP result line.
-fn mlp_output(line: &Value) -> Vec<f64> {
-    line["output"]["tensors"]["y"]["data"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no y output in {line}"))
-        .iter()
-        .map(|x| x.as_f64().expect("output value"))
-        .collect()
-}
-
 /// The fixture's reference inputs and outputs of the tiny MLP.
 fn mlp_expected() -> (Vec<Value>, Vec<Vec<f64>>) {
     let text = std::fs::read_to_string(fixtures().join("tiny_mlp_expected.json")).expect("tiny_mlp_expected.json");

@@ -17,6 +17,10 @@ the batch it ran in (``batch_size``) and the worker's pid (``pid``). Markers
 * ``SHORT``     the Run response lacks the last output (a broken worker; the
                 SDK itself never does this, so it is patched in below)
 
+Memory (environment): ``TEST_WORKER_MEMORY_ITEMS=N`` makes ``process`` raise
+``MemoryError`` for a batch of more than N items, as a model that runs out of
+memory would.
+
 Start-up faults (environment): ``TEST_WORKER_START_DELAY`` (seconds) delays
 serving, so a test can kill a starting worker before it answers ``Status``;
 ``TEST_WORKER_START_ONCE=1`` makes every start after the first exit at once
@@ -33,6 +37,7 @@ from sluice_omi import InvalidInput, serve, server
 
 STATE = os.environ.get("TEST_WORKER_STATE", "")
 BATCH_SIZE = int(os.environ.get("TEST_WORKER_BATCH", "8"))
+MEMORY_ITEMS = int(os.environ.get("TEST_WORKER_MEMORY_ITEMS", "0"))
 
 
 def first_time(marker: str) -> bool:
@@ -52,6 +57,8 @@ def process(batch):
     texts = [item.get("input", b"").decode("utf-8", "replace") for item in batch]
     if "RAISE" in texts:
         raise ValueError("RAISE marker in the batch")
+    if MEMORY_ITEMS and len(batch) > MEMORY_ITEMS:
+        raise MemoryError(f"cannot allocate activations for {len(batch)} items")
     for t in texts:
         if t == "CRASH" or (t == "CRASHONCE" and first_time("crashonce")):
             print(f"crashing on {t} in a batch of {len(batch)}", file=sys.stderr, flush=True)

@@ -42,6 +42,15 @@ class InvalidInput(ValueError):
     the client 400 instead of 500."""
 
 
+class _BatchOutOfMemory(Exception):
+    """A batch of more than one item ran out of memory: Sluice splits it and backs off."""
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """``MemoryError``, or an error that says so (PyTorch's ``CUDA out of memory``)."""
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+
 def _error_text(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -104,8 +113,14 @@ class OmiServicer(model_pb2_grpc.ModzyModelServicer):
         results = []
         with self._lock:
             # A client may send more than batch_size items: serve them in chunks.
-            for start in range(0, len(batch), self.batch_size):
-                results.extend(self._run_isolating(batch[start : start + self.batch_size]))
+            try:
+                for start in range(0, len(batch), self.batch_size):
+                    results.extend(self._run_isolating(batch[start : start + self.batch_size]))
+            except _BatchOutOfMemory as exc:
+                # Sluice recognises RESOURCE_EXHAUSTED: it splits the batch, retries the
+                # halves and lowers the model's batch size, instead of failing items.
+                log.warning("batch of %d ran out of memory (%s)", len(batch), exc)
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"out of memory: {exc}")
         outputs = [self._output_item(r) for r in results]
         failed = sum(1 for o in outputs if not o.success)
         return model_pb2.RunResponse(
@@ -132,6 +147,8 @@ class OmiServicer(model_pb2_grpc.ModzyModelServicer):
             if len(batch) == 1:
                 log.warning("item failed: %s", _error_text(exc))
                 return [exc]
+            if _is_out_of_memory(exc):
+                raise _BatchOutOfMemory(_error_text(exc)) from exc
             log.warning("batch of %d failed (%s); running its items one by one", len(batch), _error_text(exc))
             return [self._run_isolating([item])[0] for item in batch]
 

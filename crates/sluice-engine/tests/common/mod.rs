@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sluice_core::{Backend, ItemError, ItemErrorKind, ModelSpec, Output, Tensor, TensorData};
+use serde_json::json;
+use sluice_core::{Backend, ItemError, ItemErrorKind, ModelSpec, NamedTensors, Output, Tensor, TensorData};
 use sluice_engine::{Completion, Model};
 use tokio::sync::mpsc;
 
@@ -215,4 +216,58 @@ pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
         .collect()
+}
+
+pub fn ids_tensor(v: &[i64]) -> Tensor {
+    Tensor::new(vec![v.len()], TensorData::I64(v.to_vec())).expect("tensor")
+}
+
+/// A text_ids item: token ids and attention mask.
+pub struct TextItem {
+    /// Token ids.
+    pub ids: Vec<i64>,
+    /// Attention mask.
+    pub mask: Vec<i64>,
+}
+
+impl TextItem {
+    /// `len` tokens with ids `base+1 ..= base+len`, mask all ones.
+    pub fn new(base: i64, len: usize) -> TextItem {
+        TextItem {
+            ids: (1..=len as i64).map(|k| base + k).collect(),
+            mask: vec![1; len],
+        }
+    }
+
+    pub fn tensors(&self) -> NamedTensors {
+        let mut t = NamedTensors::new();
+        t.insert("input_ids".into(), ids_tensor(&self.ids));
+        t.insert("attention_mask".into(), ids_tensor(&self.mask));
+        t
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        json!({"input_ids": self.ids, "attention_mask": self.mask})
+    }
+}
+
+/// Checks a text_ids output: `[rows, 2]` where the first `len` rows are
+/// `(id, mask)` and the rest `(0, 0)`; returns `rows`.
+pub fn assert_padded_rows(c: &Completion, item: &TextItem) -> usize {
+    let h = &tensors(c)["last_hidden_state"];
+    let [rows, 2] = h.shape[..] else {
+        panic!("{}: per-item output shape {:?}, expected [seq, 2]", c.id, h.shape)
+    };
+    let len = item.ids.len();
+    assert!(rows >= len, "{}: {rows} rows for {len} tokens", c.id);
+    let v = f32s(h);
+    for r in 0..rows {
+        let want = if r < len {
+            [item.ids[r] as f32, item.mask[r] as f32]
+        } else {
+            [0.0, 0.0]
+        };
+        assert_eq!([v[2 * r], v[2 * r + 1]], want, "{}: row {r} of {rows}", c.id);
+    }
+    rows
 }

@@ -37,6 +37,11 @@ pub struct ModelStats {
     pub error: Option<String>,
     /// Largest batch per call.
     pub max_batch_size: usize,
+    /// The max batch size in force now: lower than `max_batch_size` after
+    /// out-of-memory back-offs.
+    pub effective_batch_size: u64,
+    /// Times the effective max batch size was lowered after an out-of-memory failure.
+    pub batch_size_backoffs: u64,
     /// Parallel instances.
     pub instances: usize,
     /// Instances inside a runtime call now.
@@ -94,6 +99,8 @@ pub async fn stats(State(state): State<AppState>) -> Json<Summary> {
                     ready: true,
                     error: None,
                     max_batch_size: spec.max_batch_size,
+                    effective_batch_size: s.effective_batch_size,
+                    batch_size_backoffs: s.batch_size_backoffs,
                     instances: spec.instances,
                     busy_instances: s.busy_instances,
                     items_ok: s.items_ok,
@@ -117,6 +124,8 @@ pub async fn stats(State(state): State<AppState>) -> Json<Summary> {
                     _ => None,
                 },
                 max_batch_size: state.registry.spec(name).map_or(0, |s| s.max_batch_size),
+                effective_batch_size: 0,
+                batch_size_backoffs: 0,
                 instances: 0,
                 busy_instances: 0,
                 items_ok: 0,

@@ -121,6 +121,15 @@ pub async fn slow_mlp_from(spec: ModelSpec) -> Model {
     start(spec, backend).await
 }
 
+/// The tiny MLP behind a [`FaultyBackend`] whose memory the caller limits
+/// (see [`sluice_engine::fault::Memory`]).
+pub async fn memory_limited_mlp(name: &str, max_batch_size: usize) -> (Model, Arc<sluice_engine::fault::Memory>) {
+    let spec = tiny_mlp_spec(name, max_batch_size);
+    let faulty = FaultyBackend::new(load_backend(&spec).await, Duration::ZERO);
+    let memory = faulty.memory();
+    (start(spec, Arc::new(faulty)).await, memory)
+}
+
 /// An input of the slow model: cued to sleep, then `i` so inputs differ.
 pub fn slow_input(i: usize) -> Value {
     serde_json::json!([SLEEP_CUE, i as f64, 0.5, -1.0])
@@ -400,4 +409,14 @@ pub fn multipart(files: &[(&str, Vec<u8>)]) -> (String, Vec<u8>) {
     }
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// `output.tensors.y.data` of a tiny-MLP result line.
+pub fn mlp_output(line: &Value) -> Vec<f64> {
+    line["output"]["tensors"]["y"]["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no y output in {line}"))
+        .iter()
+        .map(|x| x.as_f64().expect("output value"))
+        .collect()
 }
