@@ -229,8 +229,9 @@ fn print_table(rows: &[Row], raw: bool, text: bool) {
     }
 }
 
-/// Reads and pre-processes up to a few hundred sample items.
-async fn prepare_samples(
+/// Reads and pre-processes up to a few hundred sample items (also used by
+/// `sluice tune`, so both measure the same data).
+pub(crate) async fn prepare_samples(
     spec: &ModelSpec,
     backend: &dyn Backend,
     input: Option<&str>,
@@ -311,15 +312,32 @@ fn random_tensors(signature: &sluice_core::ModelSignature, n: usize) -> anyhow::
     Ok(out)
 }
 
-struct Measured {
-    items_per_s: f64,
-    mean_batch: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    padding_ratio: f64,
+/// What [`through_engine`] measured for one configuration.
+pub(crate) struct Measured {
+    /// Items completed per second of the measurement.
+    pub(crate) items_per_s: f64,
+    /// Mean items per executed batch.
+    pub(crate) mean_batch: f64,
+    /// Batch latency (runtime call) p50, ms.
+    pub(crate) p50_ms: f64,
+    /// Batch latency p99, ms.
+    pub(crate) p99_ms: f64,
+    /// Padding share (text).
+    pub(crate) padding_ratio: f64,
+    /// Per-item latency (submission to the end of its batch's call) p50, ms.
+    pub(crate) item_p50_ms: f64,
+    /// Per-item latency p99, ms.
+    pub(crate) item_p99_ms: f64,
+    /// Items that finished with an error during the measurement.
+    pub(crate) failed_items: u64,
+    /// The first of those errors.
+    pub(crate) first_error: Option<String>,
 }
 
-async fn through_engine(
+/// Starts a model on `backend` with `spec`'s settings, `b` as its largest
+/// batch and `group` as its length grouping, feeds it `samples` for `dur`
+/// after a warm-up ([`feed`]), and stops it.
+pub(crate) async fn through_engine(
     spec: &ModelSpec,
     backend: Arc<dyn Backend>,
     samples: &[Prepared],
@@ -361,6 +379,10 @@ async fn through_engine(
         } else {
             padding as f64 / (tokens + padding) as f64
         },
+        item_p50_ms: run.item_latencies.quantile_ms(0.5),
+        item_p99_ms: run.item_latencies.quantile_ms(0.99),
+        failed_items: after.items_failed.saturating_sub(before.items_failed),
+        first_error: run.first_error,
     })
 }
 
@@ -368,6 +390,8 @@ async fn through_engine(
 struct FeedRun {
     items_per_s: f64,
     latencies: Vec<f64>,
+    item_latencies: ItemLatencies,
+    first_error: Option<String>,
     before: sluice_engine::StatsSnapshot,
     after: sluice_engine::StatsSnapshot,
 }
@@ -401,6 +425,8 @@ async fn feed(model: &Model, samples: &[Prepared], spec: &ModelSpec, dur: Durati
             let mut t0: Option<(Instant, sluice_engine::StatsSnapshot)> = None;
             let mut end: Option<(Instant, sluice_engine::StatsSnapshot)> = None;
             let mut lat = Vec::new();
+            let mut item_lat = ItemLatencies::new();
+            let mut first_error: Option<String> = None;
             let mut last_batch = (Duration::ZERO, 0usize);
             while let Some(c) = rx.recv().await {
                 permits.add_permits(1);
@@ -411,6 +437,9 @@ async fn feed(model: &Model, samples: &[Prepared], spec: &ModelSpec, dur: Durati
                 if canceled || end.is_some() {
                     continue;
                 }
+                if let (Err(e), None) = (&c.result, &first_error) {
+                    first_error = Some(e.message.clone());
+                }
                 seen += 1;
                 let now = Instant::now();
                 let Some((start, _)) = &t0 else {
@@ -420,6 +449,7 @@ async fn feed(model: &Model, samples: &[Prepared], spec: &ModelSpec, dur: Durati
                     continue;
                 };
                 measured += 1;
+                item_lat.record(c.queue_time + c.run_time);
                 // One latency sample per batch: consecutive items of a batch share run_time.
                 if (c.run_time, c.batch_size) != last_batch {
                     lat.push(c.run_time.as_secs_f64() * 1e3);
@@ -430,7 +460,7 @@ async fn feed(model: &Model, samples: &[Prepared], spec: &ModelSpec, dur: Durati
                     stop.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
             }
-            (measured, t0, end, lat)
+            (measured, t0, end, lat, item_lat, first_error)
         })
     };
     let opts = SubmitOptions {
@@ -447,16 +477,66 @@ async fn feed(model: &Model, samples: &[Prepared], spec: &ModelSpec, dur: Durati
     }
     cancel.cancel();
     drop(tx);
-    let (measured, t0, end, lat) = counter.await?;
+    let (measured, t0, end, lat, item_lat, first_error) = counter.await?;
     let (Some((start, before)), Some((stop_at, after))) = (t0, end) else {
         anyhow::bail!("the model stopped before the measurement finished");
     };
     Ok(FeedRun {
         items_per_s: measured as f64 / stop_at.duration_since(start).as_secs_f64().max(1e-9),
         latencies: lat,
+        item_latencies: item_lat,
+        first_error,
         before,
         after,
     })
+}
+
+/// Per-item latencies in log-spaced buckets 1% wide from 1 µs: constant
+/// memory however many items a run completes, quantiles within 1%.
+struct ItemLatencies {
+    counts: Vec<u64>,
+    total: u64,
+}
+
+/// Width ratio of one [`ItemLatencies`] bucket.
+const LATENCY_STEP: f64 = 1.01;
+/// Buckets: 1.01^2100 µs is about 20 minutes; anything longer lands in the last.
+const LATENCY_BUCKETS: usize = 2100;
+
+impl ItemLatencies {
+    fn new() -> Self {
+        Self {
+            counts: vec![0; LATENCY_BUCKETS],
+            total: 0,
+        }
+    }
+
+    /// Bucket `i` holds (1.01^(i-1), 1.01^i] µs; bucket 0 up to 1 µs.
+    fn record(&mut self, d: Duration) {
+        let us = d.as_secs_f64() * 1e6;
+        let i = if us <= 1.0 {
+            0
+        } else {
+            ((us.ln() / LATENCY_STEP.ln()).ceil() as usize).min(LATENCY_BUCKETS - 1)
+        };
+        if let Some(c) = self.counts.get_mut(i) {
+            *c += 1;
+            self.total += 1;
+        }
+    }
+
+    /// The `p` quantile in ms (its bucket's upper bound); 0 when empty.
+    fn quantile_ms(&self, p: f64) -> f64 {
+        let rank = ((self.total as f64 - 1.0).max(0.0) * p).round() as u64;
+        let mut seen = 0u64;
+        for (i, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen > rank {
+                return LATENCY_STEP.powi(i32::try_from(i).unwrap_or(i32::MAX)) / 1e3;
+            }
+        }
+        0.0
+    }
 }
 
 /// Raw ONNX Runtime: the same first-come-first-served batches, stacked and
@@ -505,4 +585,24 @@ async fn raw_onnx(spec: &ModelSpec, samples: &[Prepared], b: usize, dur: Duratio
         Ok(items as f64 / start.elapsed().as_secs_f64())
     })
     .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_latency_quantiles_are_within_one_percent() {
+        let mut h = ItemLatencies::new();
+        assert!(h.quantile_ms(0.5).abs() < f64::EPSILON, "empty");
+        for us in 1..=10_000u64 {
+            h.record(Duration::from_micros(us));
+        }
+        for (p, want_ms) in [(0.5, 5.0), (0.99, 9.9)] {
+            let got = h.quantile_ms(p);
+            assert!((got / want_ms - 1.0).abs() <= 0.011, "p{p}: {got} ms, want {want_ms}");
+        }
+        h.record(Duration::from_secs(100_000));
+        assert!(h.quantile_ms(1.0) > 1e6, "the longest lands in the last bucket");
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! Subcommands: `run` (a streaming bulk run of one model over a file or a
 //! folder), `bench` (throughput per batch size, and against raw ONNX
-//! Runtime), `models` (list and inspect a model repository), `serve` (the
+//! Runtime), `tune` (the best batch size, instances and threads within
+//! budgets, optionally written to model.toml), `models` (list and inspect a model repository), `serve` (the
 //! jobs server), `jobs` (its client) and `loadtest` (concurrent real-time
 //! clients against a server).
 
@@ -13,6 +14,7 @@ mod loadtest;
 mod models;
 mod run;
 mod serve;
+mod tune;
 
 use std::path::PathBuf;
 
@@ -37,6 +39,8 @@ enum Command {
     Run(run::RunArgs),
     /// Measure throughput per batch size (and against raw ONNX Runtime).
     Bench(bench::BenchArgs),
+    /// Find the batch size, instances and threads with the most items/s within latency and memory budgets.
+    Tune(tune::TuneArgs),
     /// List or inspect models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -62,6 +66,9 @@ pub struct Overrides {
     /// Longest wait for a batch to fill, in milliseconds.
     #[arg(long)]
     pub max_delay_ms: Option<u64>,
+    /// Most padded tokens (items × longest item) per batch, for text models.
+    #[arg(long)]
+    pub max_batch_tokens: Option<usize>,
     /// Parallel model instances.
     #[arg(long)]
     pub instances: Option<usize>,
@@ -81,6 +88,9 @@ impl Overrides {
         }
         if let Some(d) = self.max_delay_ms {
             spec.max_batch_delay_ms = d;
+        }
+        if let Some(t) = self.max_batch_tokens {
+            spec.max_batch_tokens = Some(t);
         }
         if let Some(i) = self.instances {
             spec.instances = i;
@@ -138,6 +148,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Bench(args) => bench::bench(args).await,
+            Command::Tune(args) => tune::tune(args).await,
             Command::Models(cmd) => models::models(cmd).await,
             Command::Serve(args) => serve::serve(args).await,
             Command::Loadtest(args) => loadtest::loadtest(args).await,

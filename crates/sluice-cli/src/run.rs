@@ -205,6 +205,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             String::new()
         }
     );
+    if s.out_of_memory_batches > 0 {
+        eprintln!(
+            "{name}: {} batches ran out of memory and were split and retried; the batch size backed off {} times and ends at {} of {} (set max_batch_size or max_batch_tokens lower, or run sluice tune: docs/tuning.md)",
+            s.out_of_memory_batches,
+            s.batch_size_backoffs,
+            s.effective_batch_size,
+            model.spec().max_batch_size
+        );
+    }
     if let Some(e) = read_error {
         return Err(
             anyhow::Error::new(e).context(format!("reading {} stopped; results so far are written", args.input))

@@ -70,6 +70,10 @@ pub struct ModelStats {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub bench: Option<serde_json::Value>,
+    /// The last `sluice tune` results, if saved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub tune: Option<serde_json::Value>,
 }
 
 /// `GET /v1/stats` body.
@@ -114,6 +118,7 @@ pub async fn stats(State(state): State<AppState>) -> Json<Summary> {
                     queue_depth: m.queue_depth().total(),
                     run_seconds: s.run_seconds,
                     bench: super::models::load_bench(&spec.dir),
+                    tune: super::models::load_tune(&spec.dir),
                 }
             }
             Entry::Declared(_) | Entry::Failed { .. } => ModelStats {
@@ -139,6 +144,7 @@ pub async fn stats(State(state): State<AppState>) -> Json<Summary> {
                 queue_depth: 0,
                 run_seconds: 0.0,
                 bench: None,
+                tune: None,
             },
         })
         .collect();

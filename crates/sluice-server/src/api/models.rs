@@ -55,18 +55,39 @@ pub struct ModelView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub bench: Option<serde_json::Value>,
+    /// The last `sluice tune` of this model (detail view): `{model, backend,
+    /// measured_at, budgets, rows: [{max_batch_size, instances,
+    /// intra_op_threads, items_per_s, p50_ms, p99_ms, peak_rss_mib, ...}],
+    /// chosen: {max_batch_size, instances, intra_op_threads, items_per_s,
+    /// reason, ...}, shipped: {..., items_per_s}, ratio}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub tune: Option<serde_json::Value>,
 }
 
 /// Where `sluice bench` keeps a model's last results, in the model's folder.
 pub const BENCH_FILE: &str = ".bench.json";
 
+/// Where `sluice tune` keeps a model's last results, in the model's folder.
+pub const TUNE_FILE: &str = ".tune.json";
+
 /// The last bench results of the model in `dir`, if any were saved and parse.
 pub fn load_bench(dir: &std::path::Path) -> Option<serde_json::Value> {
-    let text = std::fs::read_to_string(dir.join(BENCH_FILE)).ok()?;
+    load_kept(dir, BENCH_FILE)
+}
+
+/// The last tune results of the model in `dir`, if any were saved and parse.
+pub fn load_tune(dir: &std::path::Path) -> Option<serde_json::Value> {
+    load_kept(dir, TUNE_FILE)
+}
+
+/// A JSON file a command kept in a model folder, if it is there and parses.
+fn load_kept(dir: &std::path::Path, file: &str) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join(file)).ok()?;
     match serde_json::from_str(&text) {
         Ok(v) => Some(v),
         Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "ignoring unreadable bench results");
+            tracing::warn!(dir = %dir.display(), file, error = %e, "ignoring unreadable kept results");
             None
         }
     }
@@ -98,6 +119,7 @@ fn view(name: &str, entry: &Entry, detail: bool) -> ModelView {
                     v
                 }),
                 bench: if detail { load_bench(&s.dir) } else { None },
+                tune: if detail { load_tune(&s.dir) } else { None },
             }
         }
         // An api node: known from its spec, run by the worker nodes.
@@ -115,6 +137,7 @@ fn view(name: &str, entry: &Entry, detail: bool) -> ModelView {
             processing: detail.then(|| serde_json::to_value(&s.processing).unwrap_or_default()),
             stats: None,
             bench: None,
+            tune: None,
         },
         Entry::Failed { spec, error } => ModelView {
             name: name.to_string(),
@@ -130,6 +153,7 @@ fn view(name: &str, entry: &Entry, detail: bool) -> ModelView {
             processing: None,
             stats: None,
             bench: None,
+            tune: None,
         },
     }
 }
@@ -148,6 +172,9 @@ pub async fn list(State(state): State<AppState>) -> Json<Vec<ModelView>> {
 }
 
 /// One model: settings, inputs and outputs, live counters.
+///
+/// Also the last `sluice bench` and `sluice tune` results kept in the
+/// model's folder (`bench`, `tune`), when there are any.
 #[utoipa::path(get, path = "/v1/models/{name}", operation_id = "get_model", params(("name" = String, Path, description = "Model name")),
     responses((status = 200, body = ModelView), (status = 404, body = ErrorBody)))]
 pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<ModelView>, ApiError> {
