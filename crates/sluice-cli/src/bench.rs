@@ -359,12 +359,8 @@ pub(crate) async fn through_engine(
     let tokens = after.tokens.saturating_sub(before.tokens);
     let padding = after.padding.saturating_sub(before.padding);
     let mut lat = run.latencies;
-    lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let mut item_lat = run.item_latencies;
+    let pct = |v: &mut [f64], p: f64| percentile(v, p);
     Ok(Measured {
         items_per_s: run.items_per_s,
         mean_batch: if batches == 0 {
@@ -372,15 +368,15 @@ pub(crate) async fn through_engine(
         } else {
             items as f64 / batches as f64
         },
-        p50_ms: pct(0.5),
-        p99_ms: pct(0.99),
+        p50_ms: pct(&mut lat, 0.5),
+        p99_ms: pct(&mut lat, 0.99),
         padding_ratio: if tokens + padding == 0 {
             0.0
         } else {
             padding as f64 / (tokens + padding) as f64
         },
-        item_p50_ms: run.item_latencies.quantile_ms(0.5),
-        item_p99_ms: run.item_latencies.quantile_ms(0.99),
+        item_p50_ms: pct(&mut item_lat, 0.5),
+        item_p99_ms: pct(&mut item_lat, 0.99),
         failed_items: after.items_failed.saturating_sub(before.items_failed),
         first_error: run.first_error,
     })
@@ -390,7 +386,8 @@ pub(crate) async fn through_engine(
 struct FeedRun {
     items_per_s: f64,
     latencies: Vec<f64>,
-    item_latencies: ItemLatencies,
+    /// Per-item latency (queue + run), ms, one per measured item.
+    item_latencies: Vec<f64>,
     first_error: Option<String>,
     before: sluice_engine::StatsSnapshot,
     after: sluice_engine::StatsSnapshot,
@@ -425,7 +422,7 @@ async fn feed(model: &Model, samples: &[Prepared], spec: &ModelSpec, dur: Durati
             let mut t0: Option<(Instant, sluice_engine::StatsSnapshot)> = None;
             let mut end: Option<(Instant, sluice_engine::StatsSnapshot)> = None;
             let mut lat = Vec::new();
-            let mut item_lat = ItemLatencies::new();
+            let mut item_lat = Vec::new();
             let mut first_error: Option<String> = None;
             let mut last_batch = (Duration::ZERO, 0usize);
             while let Some(c) = rx.recv().await {
@@ -449,7 +446,7 @@ async fn feed(model: &Model, samples: &[Prepared], spec: &ModelSpec, dur: Durati
                     continue;
                 };
                 measured += 1;
-                item_lat.record(c.queue_time + c.run_time);
+                item_lat.push((c.queue_time + c.run_time).as_secs_f64() * 1e3);
                 // One latency sample per batch: consecutive items of a batch share run_time.
                 if (c.run_time, c.batch_size) != last_batch {
                     lat.push(c.run_time.as_secs_f64() * 1e3);
@@ -491,52 +488,12 @@ async fn feed(model: &Model, samples: &[Prepared], spec: &ModelSpec, dur: Durati
     })
 }
 
-/// Per-item latencies in log-spaced buckets 1% wide from 1 µs: constant
-/// memory however many items a run completes, quantiles within 1%.
-struct ItemLatencies {
-    counts: Vec<u64>,
-    total: u64,
-}
-
-/// Width ratio of one [`ItemLatencies`] bucket.
-const LATENCY_STEP: f64 = 1.01;
-/// Buckets: 1.01^2100 µs is about 20 minutes; anything longer lands in the last.
-const LATENCY_BUCKETS: usize = 2100;
-
-impl ItemLatencies {
-    fn new() -> Self {
-        Self {
-            counts: vec![0; LATENCY_BUCKETS],
-            total: 0,
-        }
-    }
-
-    /// Bucket `i` holds (1.01^(i-1), 1.01^i] µs; bucket 0 up to 1 µs.
-    fn record(&mut self, d: Duration) {
-        let us = d.as_secs_f64() * 1e6;
-        let i = if us <= 1.0 {
-            0
-        } else {
-            ((us.ln() / LATENCY_STEP.ln()).ceil() as usize).min(LATENCY_BUCKETS - 1)
-        };
-        if let Some(c) = self.counts.get_mut(i) {
-            *c += 1;
-            self.total += 1;
-        }
-    }
-
-    /// The `p` quantile in ms (its bucket's upper bound); 0 when empty.
-    fn quantile_ms(&self, p: f64) -> f64 {
-        let rank = ((self.total as f64 - 1.0).max(0.0) * p).round() as u64;
-        let mut seen = 0u64;
-        for (i, &c) in self.counts.iter().enumerate() {
-            seen += c;
-            if seen > rank {
-                return LATENCY_STEP.powi(i32::try_from(i).unwrap_or(i32::MAX)) / 1e3;
-            }
-        }
-        0.0
-    }
+/// The `p` quantile of `v` (sorted in place): the nearest rank; 0 when empty.
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(((v.len() as f64 - 1.0).max(0.0) * p).round() as usize)
+        .copied()
+        .unwrap_or(0.0)
 }
 
 /// Raw ONNX Runtime: the same first-come-first-served batches, stacked and
@@ -593,16 +550,13 @@ mod tests {
 
     #[test]
     fn item_latency_quantiles_are_within_one_percent() {
-        let mut h = ItemLatencies::new();
-        assert!(h.quantile_ms(0.5).abs() < f64::EPSILON, "empty");
-        for us in 1..=10_000u64 {
-            h.record(Duration::from_micros(us));
-        }
+        assert!(percentile(&mut [], 0.5).abs() < f64::EPSILON, "empty");
+        let mut v: Vec<f64> = (1..=10_000u64).rev().map(|us| us as f64 / 1e3).collect();
         for (p, want_ms) in [(0.5, 5.0), (0.99, 9.9)] {
-            let got = h.quantile_ms(p);
+            let got = percentile(&mut v, p);
             assert!((got / want_ms - 1.0).abs() <= 0.011, "p{p}: {got} ms, want {want_ms}");
         }
-        h.record(Duration::from_secs(100_000));
-        assert!(h.quantile_ms(1.0) > 1e6, "the longest lands in the last bucket");
+        v.push(100_000.0 * 1e3);
+        assert!(percentile(&mut v, 1.0) > 1e6, "the longest is the last");
     }
 }
