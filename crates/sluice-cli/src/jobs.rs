@@ -189,15 +189,21 @@ pub async fn jobs(server: ServerArg, cmd: JobsCommand) -> anyhow::Result<()> {
     }
 }
 
-fn upload_line(id: &str, input: Input) -> serde_json::Value {
-    match input {
+fn upload_line(id: &str, input: Input) -> anyhow::Result<serde_json::Value> {
+    Ok(match input {
         Input::Text(t) => serde_json::json!({"key": id, "text": t}),
         Input::Bytes(b) => {
             serde_json::json!({"key": id, "base64": base64::engine::general_purpose::STANDARD.encode(b)})
         }
         Input::Json(j) => serde_json::json!({"key": id, "tensor": j}),
         Input::Tensors(t) => serde_json::json!({"key": id, "tensor": serde_json::to_value(t).unwrap_or_default()}),
-    }
+        // Decoded frames come only from video sources, which `sluice run`
+        // reads; a job's inputs travel as files, text or tensors.
+        other @ Input::Frame(_) => bail!(
+            "input {id} is a {}: video is read by `sluice run`, not uploaded to a job",
+            other.kind()
+        ),
+    })
 }
 
 async fn submit(http: &reqwest::Client, base: &str, args: SubmitArgs) -> anyhow::Result<()> {
@@ -259,7 +265,9 @@ async fn submit(http: &reqwest::Client, base: &str, args: SubmitArgs) -> anyhow:
         };
         match item.input {
             Ok(input) => {
-                serde_json::to_writer(&mut body, &upload_line(&item.key, input))?;
+                let line = upload_line(&item.key, input)
+                    .with_context(|| format!("submitting to job {id}, which stays open"))?;
+                serde_json::to_writer(&mut body, &line)?;
                 body.push(b'\n');
                 in_body += 1;
             }

@@ -8,6 +8,7 @@
 //! clients against a server).
 
 mod bench;
+mod frames;
 mod inputs;
 mod jobs;
 mod loadtest;
@@ -39,6 +40,8 @@ enum Command {
     Run(run::RunArgs),
     /// Measure throughput per batch size (and against raw ONNX Runtime).
     Bench(bench::BenchArgs),
+    /// Decode videos into frames as a run would, without a model (decode-only frames/s; PNG files).
+    Frames(frames::FramesArgs),
     /// Find the batch size, instances and threads with the most items/s within latency and memory budgets.
     Tune(tune::TuneArgs),
     /// List or inspect models.
@@ -148,6 +151,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Bench(args) => bench::bench(args).await,
+            Command::Frames(args) => frames::frames(args).await,
             Command::Tune(args) => tune::tune(args).await,
             Command::Models(cmd) => models::models(cmd).await,
             Command::Serve(args) => serve::serve(args).await,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use sluice_core::runtime::fmt_dims;
 use sluice_core::spec::{ImagePostprocess, ProcessingSpec};
-use sluice_core::{ModelSignature, ModelSpec};
+use sluice_core::{Gives, ModelSignature, ModelSpec, Takes};
 
 /// `sluice models ...`
 #[derive(Subcommand, Debug)]
@@ -38,28 +38,42 @@ pub fn scan(dir: &std::path::Path) -> anyhow::Result<Vec<Result<ModelSpec, Strin
     Ok(out)
 }
 
+/// One line: what an item is and what its result is. The kind of input and
+/// output comes from [`ProcessingSpec::describe`]; the spec supplies details
+/// (tokenizer, resize, labels) where it has them.
 fn processing_summary(spec: &ModelSpec) -> String {
-    match &spec.processing {
-        ProcessingSpec::Text(t) => format!(
-            "text: tokenizer {}, max {} tokens, {:?} pooling{} -> embedding",
+    let d = spec.processing.describe();
+    let takes = match (d.takes, &spec.processing) {
+        (Takes::Text, ProcessingSpec::Text(t)) => format!(
+            "text: tokenizer {}, max {} tokens, {:?} pooling{}",
             t.tokenizer.display(),
             t.max_length,
             t.pooling,
             if t.normalize { ", L2-normalised" } else { "" }
         ),
-        ProcessingSpec::Image(i) => {
-            let post = match &i.postprocess {
-                ImagePostprocess::Nanodet { labels, .. } => format!("NanoDet detections (labels {})", labels.display()),
-                ImagePostprocess::Classification { top_k, .. } => format!("top-{top_k} classes"),
-            };
-            format!(
-                "image: JPEG/PNG -> {}x{} {:?} {:?} {:?} -> {post}",
-                i.size[0], i.size[1], i.resize, i.layout, i.channels
-            )
+        (Takes::Image { size, .. }, ProcessingSpec::Image(i)) => format!(
+            "image: JPEG/PNG -> {}x{} {:?} {:?} {:?}",
+            size[0], size[1], i.resize, i.layout, i.channels
+        ),
+        (Takes::Tensors, _) => "tensor: raw named tensors (JSON arrays or base64)".into(),
+        (Takes::Files, _) => "bytes: named files (bytes, text or a JSON object of inputs)".into(),
+        (takes, _) => takes.name().into(),
+    };
+    let image_post = match &spec.processing {
+        ProcessingSpec::Image(i) => Some(&i.postprocess),
+        _ => None,
+    };
+    let gives = match (d.gives, image_post) {
+        (Gives::Embedding, _) => "embedding".into(),
+        (Gives::Detections { .. }, Some(ImagePostprocess::Nanodet { labels, .. })) => {
+            format!("NanoDet detections (labels {})", labels.display())
         }
-        ProcessingSpec::Tensor(_) => "tensor: raw named tensors (JSON arrays or base64) -> raw tensors".into(),
-        ProcessingSpec::Bytes(_) => "bytes: named files (bytes, text or a JSON object of inputs) -> named files".into(),
-    }
+        (Gives::Classes, Some(ImagePostprocess::Classification { top_k, .. })) => format!("top-{top_k} classes"),
+        (Gives::Tensors, _) => "raw tensors".into(),
+        (Gives::Files, _) => "named files".into(),
+        (gives, _) => gives.name().into(),
+    };
+    format!("{takes} -> {gives}")
 }
 
 fn print_signature(sig: &ModelSignature) {

@@ -10,6 +10,7 @@ use sluice_engine::{CancelFlag, Completion, Model, Reply, SubmitOptions};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use sluice_io::summary::Summaries;
 use sluice_io::{open_sink, Ending, Format, Kept, Outcome, PartsOptions, ResultRow, Sink, SinkInfo};
 use tokio::sync::mpsc;
 
@@ -22,9 +23,18 @@ pub struct RunArgs {
     /// Model folder (holding model.toml) or name under ./models.
     #[arg(long, short)]
     model: String,
-    /// Input: JSONL / CSV / plain-text lines, or a folder or glob of images.
+    /// Input: JSONL / CSV / plain-text lines, a folder or glob of images, or
+    /// video files (a file, folder or glob of .mp4, .avi, .mkv, ...: frames
+    /// sampled by ffmpeg, see --fps).
     #[arg(long, short)]
     input: String,
+    #[command(flatten)]
+    video: inputs::VideoArgs,
+    /// Video: write per-video summaries here (JSON): duration, frames
+    /// processed and failed, and per label the detections per minute and
+    /// the most seen in one frame.
+    #[arg(long)]
+    summary: Option<std::path::PathBuf>,
     /// Where results go: a JSONL or Parquet file with one row per input id,
     /// "-" for stdout, or a folder (a path ending in "/", or an existing
     /// folder) of rolling parts with failed inputs in errors-*.jsonl and
@@ -69,13 +79,41 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut spec = crate::load_spec(&args.model)?;
     args.overrides.apply(&mut spec)?;
     let kind = Kind::of(&spec.processing);
-    let source = inputs::open(
+    let describe = spec.processing.describe();
+    let video = args.video.options(describe.takes.frame_fit())?;
+    let source = inputs::open_video(
         &args.input,
         kind,
         &args.id_field,
         args.field.as_deref(),
         &args.keep_columns,
+        Some(video),
     )?;
+    let videos = match &source {
+        sluice_io::Source::Video(v) => Some((v.videos(), v.infos(), v.ffmpeg().display().to_string())),
+        _ => None,
+    };
+    if videos.is_none() && (args.video.sampling_given() || args.summary.is_some()) {
+        anyhow::bail!(
+            "--fps, --every, --keyframes and --summary apply to video inputs ({}); {} has none",
+            sluice_io::video::VIDEO_EXTENSIONS.join(", "),
+            args.input
+        );
+    }
+    if videos.is_some() {
+        // A decoded frame is large: let the model's queues hold a few
+        // batches of them, not a thousand (decoding waits instead).
+        spec.queue_capacity = spec.queue_capacity.min(4 * spec.max_batch_size).max(1);
+        // Frames have one size: a window of two batches is all the batcher
+        // needs to choose from (length grouping has nothing to group).
+        let window = spec.batch_window.unwrap_or(16 * spec.max_batch_size);
+        spec.batch_window = Some(window.min(2 * spec.max_batch_size).max(spec.max_batch_size));
+    }
+    let min_score = match describe.gives {
+        sluice_core::Gives::Detections { score_threshold } => score_threshold,
+        _ => 0.0,
+    };
+    let summaries = videos.as_ref().map(|_| Arc::new(Mutex::new(Summaries::new(min_score))));
     let total = source.count()?;
     let name = spec.name.clone();
     // The output is opened before the model loads, so a bad one fails at once.
@@ -112,7 +150,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let writer = {
         let bar = bar.clone();
         let kept = kept.clone();
-        tokio::task::spawn_blocking(move || write_results(rx, sink, &kept, &bar))
+        let summaries = summaries.clone();
+        tokio::task::spawn_blocking(move || write_results(rx, sink, &kept, &bar, summaries.as_deref()))
     };
 
     let started = Instant::now();
@@ -205,6 +244,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             String::new()
         }
     );
+    if let Some((count, infos, ffmpeg)) = &videos {
+        let decoded = infos
+            .lock()
+            .map(|i| i.values().filter(|v| v.is_ok()).count())
+            .unwrap_or(0);
+        eprintln!("{name}: {decoded} of {count} videos decoded by {ffmpeg}");
+        if let (Some(path), Some(summaries)) = (&args.summary, &summaries) {
+            let mut summary = summaries
+                .lock()
+                .map_err(|_| anyhow::anyhow!("summary lock poisoned"))?
+                .clone();
+            if let Ok(infos) = infos.lock() {
+                for (video, info) in infos.iter() {
+                    summary.video(video, info.as_ref().ok().and_then(|i| i.duration_s));
+                }
+            }
+            let mut json = summary.to_json();
+            if let Some(o) = json.as_object_mut() {
+                o.insert("model".into(), name.clone().into());
+            }
+            write_summary(path, &json)?;
+            eprintln!("{name}: per-video summary in {}", path.display());
+        }
+    }
     if s.out_of_memory_batches > 0 {
         eprintln!(
             "{name}: {} batches ran out of memory and were split and retried; the batch size backed off {} times and ends at {} of {} (set max_batch_size or max_batch_tokens lower, or run sluice tune: docs/tuning.md)",
@@ -240,6 +303,7 @@ fn write_results(
     mut sink: Box<dyn Sink>,
     kept: &KeptInFlight,
     bar: &ProgressBar,
+    summaries: Option<&Mutex<Summaries>>,
 ) -> anyhow::Result<(Box<dyn Sink>, Written)> {
     let mut w = Written {
         total: 0,
@@ -263,6 +327,9 @@ fn write_results(
                 None => None,
             }
         };
+        if let (Some(summaries), Some(k)) = (summaries, &row_kept) {
+            add_to_summary(summaries, &key, k, &c.result)?;
+        }
         let outcome = match &c.result {
             Err(e) if e.kind == ItemErrorKind::Canceled => {
                 w.canceled += 1;
@@ -291,4 +358,37 @@ fn write_results(
         bar.inc(1);
     }
     Ok((sink, w))
+}
+
+/// Adds one video result to the summaries: a frame (ok or failed), or the
+/// failed record of a whole video (keyed by the video itself).
+fn add_to_summary(
+    summaries: &Mutex<Summaries>,
+    key: &str,
+    kept: &Kept,
+    result: &sluice_core::ItemResult,
+) -> anyhow::Result<()> {
+    let Some(video) = kept.get("video").and_then(|v| v.as_str()) else {
+        return Ok(());
+    };
+    let mut s = summaries.lock().map_err(|_| anyhow::anyhow!("summary lock poisoned"))?;
+    let t = kept.get("t").and_then(serde_json::Value::as_f64);
+    match (result, t) {
+        (Err(e), _) if e.kind == ItemErrorKind::Canceled => {}
+        (Err(e), _) if key == video => s.video_failed(video, &e.message),
+        (Err(_), Some(t)) => s.frame_failed(video, t),
+        (Ok(output), Some(t)) => s.frame(video, t, output),
+        (_, None) => {}
+    }
+    Ok(())
+}
+
+/// Writes `json` to `path` whole (a temporary file renamed over it).
+fn write_summary(path: &std::path::Path, json: &serde_json::Value) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut text = serde_json::to_string_pretty(json)?;
+    text.push('\n');
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }

@@ -117,6 +117,42 @@ fn texts_in_s3_give_the_same_embeddings_as_the_local_file() {
     }
 }
 
+/// Issue 13: video in an object store: a prefix of videos (copied to a
+/// temporary file each, decoded by ffmpeg) gives the same frames, ids and
+/// detections as the same files in a local folder; a cut MP4 fails alone.
+#[test]
+fn a_prefix_of_videos_in_s3_gives_the_frames_of_the_local_files() {
+    require_onnxruntime();
+    let moto = Moto::start();
+    moto.bucket("footage");
+    let local = tempfile::tempdir().expect("tempdir");
+    let vtest = repo_root().join("data/video/vtest.avi");
+    std::fs::copy(&vtest, local.path().join("a.avi")).expect("copy");
+    let mp4 = std::fs::read(repo_root().join("data/video/bigbuckbunny.mp4")).expect("mp4");
+    std::fs::write(local.path().join("b-cut.mp4"), &mp4[..mp4.len() / 2]).expect("cut");
+    moto.upload(&local.path().join("a.avi"), "footage", "drone/day2/a.avi");
+    moto.upload(&local.path().join("b-cut.mp4"), "footage", "drone/day2/b-cut.mp4");
+    let model = model_dir("nanodet-m");
+    let args = |input: &str| run(&moto, &["run", "--model", &model, "--input", input, "--fps", "1", "-q"]);
+    let from_disk = args(local.path().to_str().expect("utf-8"));
+    assert_success(&from_disk, "sluice run on the local videos");
+    let from_s3 = args("s3://footage/drone/day2/");
+    assert_success(&from_s3, "sluice run on the prefix of videos");
+    let (a, b) = (results(&from_disk.stdout), results(&from_s3.stdout));
+    assert_eq!(a.len(), 21, "20 frames at 1 fps and the cut video's error");
+    assert_eq!(a.keys().collect::<std::collections::BTreeSet<_>>(), b.keys().collect());
+    for (id, v) in &a {
+        assert_eq!(
+            v["output"], b[id]["output"],
+            "{id}: the same frame, the same detections"
+        );
+    }
+    assert!(b["b-cut.mp4"]["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("not a video")));
+    assert_eq!(b["a.avi@12.000"]["video"], "a.avi");
+}
+
 #[test]
 fn an_image_prefix_in_s3_is_read_like_a_local_folder() {
     require_onnxruntime();

@@ -75,6 +75,38 @@ pub enum Input {
     Json(serde_json::Value),
     /// Already-decoded tensors (no batch dimension).
     Tensors(NamedTensors),
+    /// A decoded video frame (RGB pixels), already scaled by the decoder
+    /// to what the model's image processing needs ([`crate::describe::Takes::frame_fit`]).
+    Frame(Frame),
+}
+
+/// A decoded picture: 8-bit RGB pixels, row by row, and the size of the
+/// picture it was scaled from, so that boxes map back to the video's own
+/// pixels.
+#[derive(Clone, PartialEq)]
+pub struct Frame {
+    /// Width of `rgb` in pixels.
+    pub width: u32,
+    /// Height of `rgb` in pixels.
+    pub height: u32,
+    /// `width * height * 3` bytes, RGB, top row first.
+    pub rgb: Vec<u8>,
+    /// Width of the picture before scaling (the video's width).
+    pub source_width: u32,
+    /// Height of the picture before scaling.
+    pub source_height: u32,
+}
+
+impl fmt::Debug for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Frame")
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .field("bytes", &self.rgb.len())
+            .field("source_width", &self.source_width)
+            .field("source_height", &self.source_height)
+            .finish()
+    }
 }
 
 impl Input {
@@ -85,6 +117,7 @@ impl Input {
             Input::Bytes(_) => "bytes",
             Input::Json(_) => "json",
             Input::Tensors(_) => "tensors",
+            Input::Frame(_) => "video frame",
         }
     }
 }

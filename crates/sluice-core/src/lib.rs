@@ -6,6 +6,7 @@
 //! configuration read from `model.toml`, the [`Runtime`] trait that backends
 //! implement, and the batching policy as a pure function.
 
+pub mod describe;
 pub mod error;
 pub mod item;
 pub mod policy;
@@ -13,8 +14,9 @@ pub mod runtime;
 pub mod spec;
 pub mod tensor;
 
+pub use describe::{Describe, FrameFit, Gives, Takes};
 pub use error::{BatchError, ItemError, ItemErrorKind};
-pub use item::{Detection, Input, ItemId, ItemResult, Label, Output};
+pub use item::{Detection, Frame, Input, ItemId, ItemResult, Label, Output};
 pub use runtime::{Backend, ModelSignature, Runtime, TensorInfo};
 pub use spec::{ModelSpec, SpecError};
 pub use tensor::{DType, NamedTensors, Tensor, TensorData, TensorError};

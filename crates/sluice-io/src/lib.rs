@@ -62,9 +62,11 @@ mod local;
 mod object;
 mod parquet_source;
 mod sink;
+pub mod summary;
 mod table;
 mod target;
 mod value;
+pub mod video;
 
 pub use confine::{open_confined, read_confined, ReadRefusal};
 pub use local::{LocalSource, Records};
@@ -76,6 +78,7 @@ pub use sink::{
 pub use table::{ParquetTable, BATCH_ROWS, ROW_GROUP_ROWS};
 pub use target::Target;
 pub use value::{json_record, value_from_json};
+pub use video::{Sampling, VideoInfo, VideoInfos, VideoOptions, VideoSource};
 
 use std::path::PathBuf;
 
@@ -140,6 +143,10 @@ pub struct SourceOptions {
     pub roots: Option<Vec<PathBuf>>,
     /// Files larger than this many bytes fail alone without being read.
     pub max_file_bytes: Option<usize>,
+    /// How video files are read ([`video`]); `None`: every frame, at the
+    /// video's size. A source is read as video when all its files have a
+    /// video extension.
+    pub video: Option<VideoOptions>,
 }
 
 impl SourceOptions {
@@ -150,6 +157,7 @@ impl SourceOptions {
             fields: Fields::default(),
             roots: None,
             max_file_bytes: None,
+            video: None,
         }
     }
 }
@@ -219,6 +227,10 @@ pub enum SourceError {
         /// What is wrong, naming the column when one is.
         message: String,
     },
+    /// Video that cannot be read at all: no FFmpeg, bad sampling options,
+    /// video asked of a model that does not take images.
+    #[error("video: {0}")]
+    Decoder(String),
     /// Kept columns ([`Fields::keep`]) asked of a source without columns:
     /// plain lines, a folder, a glob, a prefix, or a file read whole.
     #[error("{0}: --keep-columns needs a JSONL, CSV or Parquet input")]
@@ -259,6 +271,8 @@ pub enum Source {
     Local(LocalSource),
     /// An object or prefix in an object store.
     Object(ObjectSource),
+    /// Video files, decoded into frames by FFmpeg.
+    Video(VideoSource),
 }
 
 impl Source {
@@ -266,10 +280,50 @@ impl Source {
     pub fn open(spec: &str, opts: SourceOptions) -> Result<Source, SourceError> {
         opts.fields.check_keep()?;
         if is_object_uri(spec) {
-            ObjectSource::open(spec, opts).map(Source::Object)
-        } else {
-            LocalSource::open(spec, opts).map(Source::Local)
+            return match object::video_objects(spec)? {
+                Some(files) => Source::video(spec, files, opts),
+                None => ObjectSource::open(spec, opts).map(Source::Object),
+            };
         }
+        let local = LocalSource::open(spec, opts.clone());
+        // Video: files with a video extension, or any files once video
+        // options were given. Kept columns do not apply (frames have their own).
+        let files = match &local {
+            Ok(l) => l.video_files(),
+            Err(SourceError::NoColumns(_)) => LocalSource::open(
+                spec,
+                SourceOptions {
+                    fields: Fields::default(),
+                    ..opts.clone()
+                },
+            )
+            .ok()
+            .and_then(|l| l.video_files()),
+            Err(_) => None,
+        };
+        match files {
+            Some(files) => Source::video(spec, files, opts),
+            None => local.map(Source::Local),
+        }
+    }
+
+    /// A video source over `files` (local files or objects).
+    fn video(spec: &str, files: Vec<(video::VideoFile, String)>, opts: SourceOptions) -> Result<Source, SourceError> {
+        if !opts.fields.keep.is_empty() {
+            return Err(SourceError::NoColumns(spec.to_owned()));
+        }
+        if !matches!(opts.want, Want::Bytes | Want::Any) {
+            let takes = if opts.want == Want::Text {
+                "text"
+            } else {
+                "JSON tensors"
+            };
+            return Err(SourceError::Decoder(format!(
+                "{spec} is video; video frames go to image models (this model takes {takes})"
+            )));
+        }
+        let video = opts.video.clone().unwrap_or_default();
+        VideoSource::new(files, video, opts).map(Source::Video)
     }
 
     /// The number of records when it is known cheaply (local sources), for
@@ -277,7 +331,7 @@ impl Source {
     pub fn count(&self) -> Result<Option<u64>, SourceError> {
         match self {
             Source::Local(s) => s.count().map(Some),
-            Source::Object(_) => Ok(None),
+            Source::Object(_) | Source::Video(_) => Ok(None),
         }
     }
 
@@ -286,6 +340,7 @@ impl Source {
         match self {
             Source::Local(s) => s.records(),
             Source::Object(s) => s.records(),
+            Source::Video(s) => Ok(s.records()),
         }
     }
 

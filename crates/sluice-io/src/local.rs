@@ -118,6 +118,29 @@ impl LocalSource {
         Ok(LocalSource { layout, opts })
     }
 
+    /// The files of a folder, glob or single file with their keys, when
+    /// every one is a video ([`crate::video::is_video_path`]); `None`
+    /// otherwise.
+    pub(crate) fn video_files(&self) -> Option<Vec<(crate::video::VideoFile, String)>> {
+        let files: Vec<&PathBuf> = match &self.layout {
+            Layout::Files { files, .. } => files.iter().collect(),
+            Layout::File { path, .. } => vec![path],
+        };
+        if files.is_empty() || !files.iter().all(|f| crate::video::is_video_path(f)) {
+            return None;
+        }
+        let base = match &self.layout {
+            Layout::Files { base, .. } => base.as_deref(),
+            Layout::File { .. } => None,
+        };
+        Some(
+            files
+                .into_iter()
+                .map(|f| (crate::video::VideoFile::Local(f.clone()), file_key(f, base)))
+                .collect(),
+        )
+    }
+
     /// Counts the records (one cheap pass over a file; a Parquet file's
     /// footer; no file is read for a folder), for a progress bar.
     pub fn count(&self) -> Result<u64, SourceError> {
@@ -442,12 +465,16 @@ fn next_line(
     }
 }
 
-fn file_record(path: &Path, base: Option<&Path>, opts: &SourceOptions) -> Record {
-    let key = base
-        .and_then(|b| path.strip_prefix(b).ok())
+/// A file's key: its path relative to the folder, or as given or matched.
+fn file_key(path: &Path, base: Option<&Path>) -> String {
+    base.and_then(|b| path.strip_prefix(b).ok())
         .unwrap_or(path)
         .display()
-        .to_string();
+        .to_string()
+}
+
+fn file_record(path: &Path, base: Option<&Path>, opts: &SourceOptions) -> Record {
+    let key = file_key(path, base);
     let bytes = match (&opts.roots, opts.max_file_bytes) {
         (Some(roots), max) => read_confined(path, roots, max.unwrap_or(usize::MAX)),
         (None, max) => read_limited(path, max.unwrap_or(usize::MAX)),

@@ -311,6 +311,63 @@ impl ObjectSource {
     }
 }
 
+/// The videos `uri` names, when it is one video object or a prefix whose
+/// objects are all videos (by extension), with their keys (the object's
+/// name, or its key under the prefix); `None` otherwise.
+pub(crate) fn video_objects(uri: &str) -> Result<Option<Vec<(crate::video::VideoFile, String)>>, SourceError> {
+    use crate::video::{is_video_path, VideoFile};
+    let fail = |message: String| SourceError::Object {
+        uri: uri.to_owned(),
+        message,
+    };
+    let url = Url::parse(uri).map_err(|e| fail(format!("not a valid URI: {e}")))?;
+    let (store, path) = store_for(&url).map_err(fail)?;
+    let is_video = |p: &ObjectPath| is_video_path(std::path::Path::new(p.as_ref()));
+    let as_prefix = uri.ends_with('/') || path.as_ref().is_empty();
+    if !as_prefix && is_video(&path) {
+        let key = path.filename().unwrap_or(path.as_ref()).to_owned();
+        return Ok(Some(vec![(VideoFile::Object { store, path }, key)]));
+    }
+    // A prefix: its first object tells whether to list it all.
+    let listed = {
+        let (store, path) = (store.clone(), path.clone());
+        on_io_thread(async move {
+            let mut list = store.list(Some(&path));
+            let Some(first) = list.next().await.transpose().map_err(|e| said(&e))? else {
+                return Ok(Vec::new());
+            };
+            if !is_video(&first.location) {
+                return Ok(Vec::new());
+            }
+            let mut all = vec![first.location];
+            while let Some(meta) = list.next().await.transpose().map_err(|e| said(&e))? {
+                all.push(meta.location);
+            }
+            Ok::<_, String>(all)
+        })
+        .map_err(fail)?
+        .map_err(fail)?
+    };
+    if listed.is_empty() || !listed.iter().all(is_video) {
+        return Ok(None);
+    }
+    Ok(Some(
+        listed
+            .into_iter()
+            .map(|location| {
+                let key = relative_key(&location, &path);
+                (
+                    VideoFile::Object {
+                        store: store.clone(),
+                        path: location,
+                    },
+                    key,
+                )
+            })
+            .collect(),
+    ))
+}
+
 /// An object's key relative to the prefix it was listed under.
 fn relative_key(location: &ObjectPath, base: &ObjectPath) -> String {
     match location.prefix_match(base) {

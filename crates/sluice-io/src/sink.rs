@@ -423,6 +423,9 @@ struct Manifest<'a> {
     counts: Counts,
     parts: &'a [PartInfo],
     error_parts: &'a [PartInfo],
+    /// Per-video summaries, for a job over video (docs/video.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    summary: Option<&'a serde_json::Value>,
 }
 
 /// What a [`PartsSink`] has committed: every finished part and the counts
@@ -450,6 +453,8 @@ pub struct PartsSink {
     counts: Counts,
     /// Counts of the rows in committed parts.
     committed: Counts,
+    /// Written into the manifest by [`Sink::finish`].
+    summary: Option<serde_json::Value>,
 }
 
 /// The name of the manifest file in a parts folder.
@@ -513,7 +518,14 @@ impl PartsSink {
             errors: Series::new("errors", Format::Jsonl, state.error_parts),
             counts: state.counts,
             committed: state.counts,
+            summary: None,
         }
+    }
+
+    /// A summary to write into `_manifest.json` under `summary` (per-video
+    /// summaries of a job over video).
+    pub fn set_summary(&mut self, summary: serde_json::Value) {
+        self.summary = Some(summary);
     }
 
     /// Finishes and commits the open parts, and returns what is committed:
@@ -573,6 +585,7 @@ impl Sink for PartsSink {
             counts: self.counts,
             parts: &self.results.done,
             error_parts: &self.errors.done,
+            summary: self.summary.as_ref(),
         };
         let text = serde_json::to_vec_pretty(&manifest).map_err(|e| SinkError::Format(e.to_string()))?;
         self.target.put_small(MANIFEST, text)?;

@@ -178,6 +178,8 @@ struct Export {
     store: Arc<dyn Store>,
     /// The version of the model that serves the job, for the manifest.
     served_version: Option<String>,
+    /// The score threshold of the job's detector, for video summaries.
+    min_score: f32,
     node: String,
     config: Arc<OutputConfig>,
     shutdown: ShutdownSignal,
@@ -282,6 +284,14 @@ impl Export {
         };
         let complete =
             ended.status == JobStatus::Completed || (ended.status == JobStatus::Failed && ended.error.is_none());
+        // A job over video: per-video summaries in the manifest, read from
+        // every result (the same after any number of restarts).
+        if let Some(summary) =
+            self.handle
+                .block_on(crate::video_summary::job_summary(&*self.store, &job.id, self.min_score))?
+        {
+            sink.set_summary(summary);
+        }
         let counts = sink.finish(Ending { complete })?;
         self.save(&job, sink.state(), after)?;
         Ok(counts.total)
@@ -372,6 +382,10 @@ impl Jobs {
         let export = Export {
             store: self.store.clone(),
             served_version: self.registry.spec(&claim.job.model).map(|s| s.version.clone()),
+            min_score: self
+                .registry
+                .spec(&claim.job.model)
+                .map_or(0.0, |s| crate::video_summary::min_score(&s.processing)),
             node: self.node_id.to_string(),
             config: self.outputs.clone(),
             shutdown: self.shutdown.clone(),

@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use sluice_core::Input;
+pub use sluice_io::Sampling;
 use sluice_io::{is_object_uri, Fields, Source, SourceOptions, Want};
 use sluice_store::InputValue;
 
@@ -22,8 +23,31 @@ fn stored(input: Result<Input, String>) -> InputValue {
         Ok(Input::Bytes(b)) => InputValue::Bytes(b),
         Ok(Input::Json(j)) => InputValue::Json(j),
         Ok(Input::Tensors(t)) => InputValue::Json(serde_json::to_value(t).unwrap_or_default()),
+        Ok(Input::Frame(f)) => match frame_png(&f) {
+            Ok(png) => InputValue::Bytes(png),
+            Err(message) => InputValue::Invalid(message),
+        },
         Err(message) => InputValue::Invalid(message),
     }
+}
+
+/// A video frame of a job's source, stored as a PNG file (lossless, and an
+/// image model's usual input). Job sources decode frames at the video's own
+/// size, so the picture's pixels are the video's and boxes need no mapping.
+fn frame_png(f: &sluice_core::Frame) -> Result<Vec<u8>, String> {
+    use image::ImageEncoder as _;
+    if (f.width, f.height) != (f.source_width, f.source_height) {
+        return Err("a scaled video frame cannot be stored in a job".into());
+    }
+    let mut png = Vec::with_capacity(f.rgb.len() / 2);
+    image::codecs::png::PngEncoder::new_with_quality(
+        &mut png,
+        image::codecs::png::CompressionType::Fast,
+        image::codecs::png::FilterType::Sub,
+    )
+    .write_image(&f.rgb, f.width, f.height, image::ExtendedColorType::Rgb8)
+    .map_err(|e| format!("cannot store the video frame: {e}"))?;
+    Ok(png)
 }
 
 /// Parses one input value ([`sluice_io::value_from_json`]).
@@ -113,12 +137,39 @@ pub fn resolve_source(path: &str, roots: &[PathBuf], object_roots: &[String]) ->
     }
 }
 
+/// How a source job's source is read, kept with the job (the store's
+/// `source_options`, as JSON) so that a resumed ingestion reads it the same
+/// way.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadOptions {
+    /// Which frames of video files become inputs; `None`: every frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<sluice_io::Sampling>,
+}
+
+impl ReadOptions {
+    /// The options a job records (`None`: the defaults).
+    pub fn of(stored: Option<&str>) -> Result<ReadOptions, String> {
+        stored.map_or(Ok(ReadOptions::default()), |text| {
+            serde_json::from_str(text).map_err(|e| format!("the job's source options do not parse: {e}"))
+        })
+    }
+}
+
 /// Options for reading a source of a job: any value form; local files
 /// confined to `roots`; inputs over `max_input` bytes fail alone unread.
-fn job_source_options(roots: &[PathBuf], max_input: usize) -> SourceOptions {
+fn job_source_options(roots: &[PathBuf], max_input: usize, read: &ReadOptions) -> SourceOptions {
     let mut opts = SourceOptions::new(Want::Any);
     opts.roots = Some(roots.to_vec());
     opts.max_file_bytes = Some(max_input);
+    // Video files: frames at the video's size, one video at a time, so that
+    // a source read again after a crash gives its records in the same order.
+    opts.video = Some(sluice_io::VideoOptions {
+        sampling: read.video.unwrap_or_default(),
+        decoders: 1,
+        ..sluice_io::VideoOptions::default()
+    });
     opts
 }
 
@@ -126,7 +177,7 @@ fn job_source_options(roots: &[PathBuf], max_input: usize) -> SourceOptions {
 /// object or prefix exist), so a job on a missing one is refused at once.
 /// Blocking (network I/O): call it off the async executor.
 pub fn check_object_source(uri: &str, max_input: usize) -> Result<(), JobsError> {
-    Source::open(uri, job_source_options(&[], max_input))
+    Source::open(uri, job_source_options(&[], max_input, &ReadOptions::default()))
         .map(drop)
         .map_err(|e| JobsError::Invalid(e.to_string()))
 }
@@ -150,8 +201,9 @@ pub fn source_records(
     source: &SourceSpec,
     roots: &[PathBuf],
     max_input: usize,
+    read: &ReadOptions,
 ) -> Result<impl Iterator<Item = SourceRecord>, String> {
-    let opts = job_source_options(roots, max_input);
+    let opts = job_source_options(roots, max_input, read);
     let spec = match source {
         SourceSpec::Local(path) => path
             .to_str()
@@ -183,7 +235,7 @@ pub fn read_source(
     let chunk = chunk.max(1);
     let mut buf = Vec::with_capacity(chunk);
     let mut total = 0u64;
-    for record in source_records(source, roots, max_input)? {
+    for record in source_records(source, roots, max_input, &ReadOptions::default())? {
         buf.push(record?);
         total += 1;
         if buf.len() >= chunk {
@@ -199,6 +251,55 @@ pub fn read_source(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A job's video source (real ffmpeg from scripts/setup.sh, the
+    /// committed vtest.avi cut to 1 s): every frame, in order, as a PNG
+    /// image at the video's size, keyed `<video>@<seconds>`, confined to the
+    /// roots; a file that is not a video fails alone.
+    #[test]
+    fn a_video_source_gives_every_frame_as_a_png_keyed_by_its_time() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let ffmpeg = root.join(".sluice/bin/ffmpeg");
+        assert!(
+            ffmpeg.is_file(),
+            "run `bash scripts/setup.sh` first (it installs ffmpeg)"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clip = dir.path().join("clip.avi");
+        let st = std::process::Command::new(&ffmpeg)
+            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-i"])
+            .arg(root.join("data/video/vtest.avi"))
+            .args(["-t", "1", "-c", "copy", "-y"])
+            .arg(&clip)
+            .status()
+            .expect("ffmpeg runs");
+        assert!(st.success());
+        std::fs::write(dir.path().join("notes.avi"), b"not a video").expect("write");
+        let folder = dir.path().canonicalize().expect("canonical");
+        let records: Vec<(String, InputValue)> = source_records(
+            &SourceSpec::Local(folder.clone()),
+            std::slice::from_ref(&folder),
+            16 << 20,
+            &ReadOptions::default(),
+        )
+        .expect("opens")
+        .collect::<Result<_, _>>()
+        .expect("reads");
+        let keys: Vec<&str> = records.iter().map(|(k, _)| k.as_str()).collect();
+        let mut want: Vec<String> = (0..10)
+            .map(|i| format!("clip.avi@{:.3}", f64::from(i) / 10.0))
+            .collect();
+        want.push("notes.avi".into());
+        assert_eq!(keys, want);
+        for (key, value) in &records[..10] {
+            let InputValue::Bytes(png) = value else {
+                panic!("{key}: {value:?}")
+            };
+            let img = image::load_from_memory(png).expect("a PNG");
+            assert_eq!((img.width(), img.height()), (768, 576), "{key}");
+        }
+        assert!(matches!(&records[10].1, InputValue::Invalid(m) if m.contains("not a video")));
+    }
 
     #[test]
     fn upload_records_are_all_or_nothing_and_map_to_store_values() {

@@ -39,6 +39,9 @@ pub struct NewJobRequest {
     pub tags: Vec<String>,
     /// Where to write the results besides the store (see [`crate::exports`]).
     pub output: Option<OutputRequest>,
+    /// Which frames of the source's video files become inputs (a `source`
+    /// job only); `None`: every frame.
+    pub video: Option<sluice_io::Sampling>,
 }
 
 /// The jobs service: creates, fills, closes and cancels jobs in the store and
@@ -192,6 +195,23 @@ impl Jobs {
         if req.timeout_ms == Some(0) {
             return Err(JobsError::Invalid("timeout_ms must be positive".into()));
         }
+        let source_options = match req.video {
+            None => None,
+            Some(_) if req.source.is_none() => {
+                return Err(JobsError::Invalid(
+                    "'video' (how frames are sampled) needs a 'source' of video files".into(),
+                ))
+            }
+            Some(sampling) => {
+                sampling
+                    .check()
+                    .map_err(|e| JobsError::Invalid(format!("video: {}", e.replace("--", ""))))?;
+                Some(
+                    serde_json::to_string(&ingest::ReadOptions { video: Some(sampling) })
+                        .map_err(|e| JobsError::Invalid(format!("video: {e}")))?,
+                )
+            }
+        };
         let inline = match req.inputs {
             Some(entries) => {
                 if entries.is_empty() {
@@ -233,6 +253,7 @@ impl Jobs {
             timeout_ms: req.timeout_ms,
             open: req.open,
             source: req.source,
+            source_options,
         };
         let job = if let Some(items) = inline {
             // One transaction: the job appears with all its inputs, closed, or not at all.

@@ -20,6 +20,7 @@ pub mod recovery;
 pub mod registry;
 pub mod scheduler;
 pub mod source_jobs;
+pub mod video_summary;
 
 use std::sync::Arc;
 

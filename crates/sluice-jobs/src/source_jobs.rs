@@ -427,6 +427,7 @@ impl Jobs {
         };
         let jobs = self.clone();
         let (job_id, model, stored) = (job.id.clone(), job.model.clone(), job.total);
+        let source_options = job.source_options.clone();
         let handle = Handle::current();
         tokio::task::spawn_blocking(move || {
             let _guard = guard;
@@ -441,7 +442,9 @@ impl Jobs {
                 on_added: Box::new(move || scheduler.notify(&notify_model)),
                 handle,
             };
-            let end = match ingest::source_records(&spec, &jobs.source_roots, jobs.limits.max_input_bytes) {
+            let records = ingest::ReadOptions::of(source_options.as_deref())
+                .and_then(|read| ingest::source_records(&spec, &jobs.source_roots, jobs.limits.max_input_bytes, &read));
+            let end = match records {
                 Ok(records) => ingest.run(records, stored),
                 Err(e) => ingest.fail(format!("cannot read the source: {e}")),
             };

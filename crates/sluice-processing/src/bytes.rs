@@ -126,6 +126,12 @@ impl Processor for BytesProcessor {
                 }
                 t
             }
+            other @ Input::Frame(_) => {
+                return Err(ItemError::invalid(format!(
+                    "this model takes named files (bytes, text or a JSON object of inputs), got a {}",
+                    other.kind()
+                )))
+            }
         };
         if tensors.is_empty() {
             return Err(ItemError::invalid("the item has no inputs"));

@@ -247,8 +247,16 @@ impl ImageProcessor {
     /// that maps model pixels back to `image`'s pixels. Decoded video frames
     /// can enter here directly, skipping an encode/decode round trip.
     pub fn tensor_from_rgb(&self, image: &RgbImage) -> Result<(Tensor, ImageMeta), ItemError> {
-        let (w, h) = image.dimensions();
-        if w == 0 || h == 0 {
+        self.tensor_from_scaled(image, image.dimensions())
+    }
+
+    /// Like [`ImageProcessor::tensor_from_rgb`] for pixels that were already
+    /// scaled from a `source` (width, height) picture, such as a video frame
+    /// scaled by the decoder: when they have the size this model's resize
+    /// gives, they are used as they are; boxes map back to `source` pixels.
+    pub fn tensor_from_scaled(&self, image: &RgbImage, source: (u32, u32)) -> Result<(Tensor, ImageMeta), ItemError> {
+        let (w, h) = source;
+        if w == 0 || h == 0 || image.width() == 0 || image.height() == 0 {
             return Err(ItemError::invalid(format!("image has no pixels ({w}x{h})")));
         }
         let (tw, th) = (self.width, self.height);
@@ -260,7 +268,7 @@ impl ImageProcessor {
                 (fit(w, tw), fit(h, th))
             }
         };
-        let resized: Cow<'_, RgbImage> = if (nw, nh) == (w, h) {
+        let resized: Cow<'_, RgbImage> = if (nw, nh) == image.dimensions() {
             Cow::Borrowed(image)
         } else {
             Cow::Owned(imageops::resize(image, nw, nh, FilterType::Triangle))
@@ -336,10 +344,40 @@ impl ImageProcessor {
     }
 }
 
+impl ImageProcessor {
+    fn prepared(&self, tensor: Tensor, meta: ImageMeta) -> Prepared {
+        let mut tensors = NamedTensors::new();
+        tensors.insert(self.input.clone(), tensor);
+        Prepared {
+            tensors,
+            len: 1,
+            meta: Meta::Image(meta),
+        }
+    }
+
+    /// A decoded video frame: RGB pixels, usually already scaled to this
+    /// model's size by the decoder.
+    fn prepare_frame(&self, frame: sluice_core::Frame) -> Result<Prepared, ItemError> {
+        let (w, h) = (frame.width, frame.height);
+        if u64::from(w) * u64::from(h) > self.max_pixels {
+            return Err(ItemError::invalid(format!(
+                "video frame of {w}x{h} pixels is over this model's limit of {} pixels",
+                self.max_pixels
+            )));
+        }
+        let image = RgbImage::from_raw(w, h, frame.rgb).ok_or_else(|| {
+            ItemError::invalid(format!("video frame of {w}x{h} pixels does not hold {w}x{h}x3 bytes"))
+        })?;
+        let (tensor, meta) = self.tensor_from_scaled(&image, (frame.source_width, frame.source_height))?;
+        Ok(self.prepared(tensor, meta))
+    }
+}
+
 impl Processor for ImageProcessor {
     fn preprocess(&self, input: Input) -> Result<Prepared, ItemError> {
         let bytes = match input {
             Input::Bytes(bytes) => bytes,
+            Input::Frame(frame) => return self.prepare_frame(frame),
             other => {
                 return Err(ItemError::invalid(format!(
                     "image models take bytes (an encoded JPEG or PNG image), got {}",
@@ -355,13 +393,7 @@ impl Processor for ImageProcessor {
         drop(bytes);
         let (tensor, meta) = self.tensor_from_rgb(&decoded.image)?;
         drop(decoded);
-        let mut tensors = NamedTensors::new();
-        tensors.insert(self.input.clone(), tensor);
-        Ok(Prepared {
-            tensors,
-            len: 1,
-            meta: Meta::Image(meta),
-        })
+        Ok(self.prepared(tensor, meta))
     }
 
     fn postprocess(&self, outputs: NamedTensors, meta: &Meta) -> Result<Output, ItemError> {

@@ -63,6 +63,12 @@ impl Processor for TensorProcessor {
                     "this model takes tensors (JSON arrays or base64 little-endian bytes), got raw bytes",
                 ))
             }
+            other @ Input::Frame(_) => {
+                return Err(ItemError::invalid(format!(
+                    "this model takes tensors (JSON arrays or base64 little-endian bytes), got a {}",
+                    other.kind()
+                )))
+            }
         };
         for info in &self.inputs {
             let t = tensors

@@ -67,7 +67,7 @@ impl HealthCell {
 /// Columns of `jobs`, in the order [`JobRecord`] names them.
 pub(crate) const JOB_COLUMNS: &str = "pk, id, model, version, status, open, closed, priority, tags, timeout_ms, \
      source, created_at, started_at, finished_at, total, completed, failed, canceled, timedout, queue_ms_total, \
-     model_ms_total, error, output, export_state, export_rows, export_error";
+     model_ms_total, error, output, export_state, export_rows, export_error, source_options";
 
 /// Columns of `items` that make an [`ItemResult`] (see [`ResultRecord`]).
 pub(crate) const RESULT_COLUMNS: &str =
@@ -266,6 +266,7 @@ pub(crate) struct JobRecord {
     export_state: Option<String>,
     export_rows: Option<i64>,
     export_error: Option<String>,
+    source_options: Option<String>,
 }
 
 impl JobRecord {
@@ -292,6 +293,7 @@ impl JobRecord {
             tags,
             timeout_ms: self.timeout_ms.map(|t| to_u64(t, "timeout_ms")).transpose()?,
             source: self.source,
+            source_options: self.source_options,
             created_at: self.created_at,
             started_at: self.started_at,
             finished_at: self.finished_at,

@@ -368,8 +368,8 @@ async fn insert_job(conn: &mut PgConnection, job: &PreparedJob) -> Result<(i64, 
     let id = uuid::Uuid::new_v4().simple().to_string();
     let new = &job.new;
     let pk: i64 = sqlx::query_scalar(
-        "INSERT INTO jobs (id, model, version, status, open, priority, tags, timeout_ms, source, created_at, output) \
-         VALUES ($1, $2, $3, 'SUBMITTED', $4, $5, $6, $7, $8, $9, $10) RETURNING pk",
+        "INSERT INTO jobs (id, model, version, status, open, priority, tags, timeout_ms, source, created_at, output, \
+         source_options) VALUES ($1, $2, $3, 'SUBMITTED', $4, $5, $6, $7, $8, $9, $10, $11) RETURNING pk",
     )
     .bind(&id)
     .bind(&new.model)
@@ -381,6 +381,7 @@ async fn insert_job(conn: &mut PgConnection, job: &PreparedJob) -> Result<(i64, 
     .bind(&new.source)
     .bind(now_ms())
     .bind(&job.output_json)
+    .bind(&new.source_options)
     .fetch_one(&mut *conn)
     .await?;
     sqlx::query("INSERT INTO job_tags (job_pk, tag) SELECT $1, t FROM unnest($2::text[]) AS t")

@@ -1122,7 +1122,8 @@ async fn insert_job(conn: &mut SqliteConnection, job: &PreparedJob) -> Result<(i
     let new = &job.new;
     let pk: i64 = sqlx::query_scalar(
         "INSERT INTO jobs (id, model, version, status, open, priority, tags, timeout_ms, source, \
-             created_at, output) VALUES (?1, ?2, ?3, 'SUBMITTED', ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING pk",
+             created_at, output, source_options) VALUES (?1, ?2, ?3, 'SUBMITTED', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+             RETURNING pk",
     )
     .bind(&id)
     .bind(&new.model)
@@ -1134,6 +1135,7 @@ async fn insert_job(conn: &mut SqliteConnection, job: &PreparedJob) -> Result<(i
     .bind(&new.source)
     .bind(now_ms())
     .bind(&job.output_json)
+    .bind(&new.source_options)
     .fetch_one(&mut *conn)
     .await?;
     for tag in &job.tags {

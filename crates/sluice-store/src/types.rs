@@ -216,6 +216,9 @@ pub struct NewJob {
     pub open: bool,
     /// Where the job came from (a client name, a file, ...), for information only.
     pub source: Option<String>,
+    /// How a source job's source is read, as JSON text opaque to the store (the jobs runtime's
+    /// video sampling); `None`: the defaults.
+    pub source_options: Option<String>,
     /// Where the job's results are written as they arrive, besides the store (see
     /// [`OutputSpec`] and "Job outputs" in the crate documentation).
     pub output: Option<OutputSpec>,
@@ -295,6 +298,9 @@ pub struct Job {
     pub timeout_ms: Option<u64>,
     /// Where the job came from, if given.
     pub source: Option<String>,
+    /// How its source is read (see [`NewJob::source_options`]).
+    #[serde(default)]
+    pub source_options: Option<String>,
     /// Creation time, unix ms.
     pub created_at: i64,
     /// When the first item was fed or got a result, unix ms.

@@ -313,6 +313,7 @@ async fn lifecycle_counts_and_completion(b: &Backend) -> TestResult {
             timeout_ms: Some(60_000),
             open: true,
             source: Some("test".into()),
+            source_options: None,
             output: None,
         })
         .await?;
@@ -906,6 +907,23 @@ async fn source_jobs_take_inputs_from_the_claim_holder_only(b: &Backend) -> Test
     let j = store.create_source_job(source_job("/data/in.jsonl"), "a", LONG).await?;
     assert_eq!((j.total, j.closed, j.error.clone()), (0, false, None));
     assert_eq!(j.source.as_deref(), Some("/data/in.jsonl"));
+    assert_eq!(j.source_options, None);
+    // How the source is read (a video's sampling) is kept as given, for a resumed ingestion.
+    let v = store
+        .create_source_job(
+            NewJob {
+                source_options: Some(r#"{"fps":2.0}"#.into()),
+                ..source_job("/data/footage")
+            },
+            "a",
+            LONG,
+        )
+        .await?;
+    assert_eq!(
+        job(&store, &v.id).await?.source_options.as_deref(),
+        Some(r#"{"fps":2.0}"#)
+    );
+    store.cancel_job(&v.id).await?;
 
     // Held by "a": nobody else claims it or adds to it; "a" renews it.
     assert!(store.claim_ingest(&j.id, "b", LONG).await?.is_none());

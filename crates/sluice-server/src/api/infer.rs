@@ -15,8 +15,7 @@ use axum::http::{header, StatusCode};
 use axum::Json;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use sluice_core::spec::ProcessingSpec;
-use sluice_core::{Input, ItemError, ItemErrorKind, Output};
+use sluice_core::{Input, ItemError, ItemErrorKind, Output, Takes};
 use sluice_engine::{EngineError, RealtimeOptions};
 use utoipa::ToSchema;
 
@@ -60,20 +59,20 @@ pub struct InferAnswer {
     pub results: Vec<ItemAnswer>,
 }
 
-fn decode_json_input(processing: &ProcessingSpec, i: usize, v: serde_json::Value) -> Result<Input, ApiError> {
+fn decode_json_input(takes: Takes, i: usize, v: serde_json::Value) -> Result<Input, ApiError> {
     let b64 = |s: &str| {
         base64::engine::general_purpose::STANDARD
             .decode(s.trim())
             .map_err(|e| ApiError::BadRequest(format!("inputs[{i}]: invalid base64: {e}")))
     };
-    match processing {
-        ProcessingSpec::Text(_) => match v {
+    match takes {
+        Takes::Text => match v {
             serde_json::Value::String(s) => Ok(Input::Text(s)),
             other => Err(ApiError::BadRequest(format!(
                 "inputs[{i}]: this text model takes strings, got {other}"
             ))),
         },
-        ProcessingSpec::Image(_) => match &v {
+        Takes::Image { .. } => match &v {
             serde_json::Value::String(s) => Ok(Input::Bytes(b64(s)?)),
             serde_json::Value::Object(o) => match o.get("base64").and_then(|b| b.as_str()) {
                 Some(s) => Ok(Input::Bytes(b64(s)?)),
@@ -85,9 +84,9 @@ fn decode_json_input(processing: &ProcessingSpec, i: usize, v: serde_json::Value
                 "inputs[{i}]: an image is a base64 string or {{\"base64\": \"..\"}}, got {other}"
             ))),
         },
-        ProcessingSpec::Tensor(_) | ProcessingSpec::Bytes(_) => Ok(match v {
+        Takes::Tensors | Takes::Files => Ok(match v {
             // A bare string is the worker's default input, as text.
-            serde_json::Value::String(s) if matches!(processing, ProcessingSpec::Bytes(_)) => Input::Text(s),
+            serde_json::Value::String(s) if takes.takes_strings() => Input::Text(s),
             other => Input::Json(other),
         }),
     }
@@ -142,6 +141,7 @@ pub async fn infer(
              (realtime_queue_capacity): split the request"
         ))
     };
+    let takes = model.spec().processing.describe().takes;
     let mut inputs = Vec::new();
     let mut timeout_ms = header_timeout;
     if is_multipart {
@@ -154,8 +154,8 @@ pub async fn infer(
             }
             let is_file = field.file_name().is_some();
             let data = field.bytes().await?;
-            inputs.push(match (&model.spec().processing, is_file) {
-                (ProcessingSpec::Text(_), false) => {
+            inputs.push(match (takes, is_file) {
+                (Takes::Text, false) => {
                     Input::Text(String::from_utf8(data.to_vec()).map_err(|_| {
                         ApiError::BadRequest(format!("multipart part {} is not UTF-8 text", inputs.len()))
                     })?)
@@ -183,7 +183,7 @@ pub async fn infer(
             return Err(too_many(parsed.inputs.len()));
         }
         for (i, v) in parsed.inputs.into_iter().enumerate() {
-            inputs.push(decode_json_input(&model.spec().processing, i, v)?);
+            inputs.push(decode_json_input(takes, i, v)?);
         }
     }
     if inputs.is_empty() {

@@ -75,6 +75,12 @@ pub struct CreateJob {
     /// object-store prefix under an allowed `--output-root`.
     #[serde(default)]
     pub output: Option<OutputBody>,
+    /// With a `source` of video files: which frames become inputs:
+    /// `{"fps": 2}` (the first frame at or after every half second),
+    /// `{"every": 5}` (every 5th frame) or `"keyframes"`; default every frame.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub video: Option<sluice_jobs::ingest::Sampling>,
 }
 
 /// `CreateJob::output`.
@@ -319,6 +325,7 @@ pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<CreateJ
                 uri: o.uri,
                 format: o.format,
             }),
+            video: req.video,
         })
         .await?;
     let location = format!("/v1/jobs/{}", job.id);
@@ -606,6 +613,33 @@ pub async fn results(
         headers.insert("x-job-status", v);
     }
     Ok((headers, Body::from_stream(stream)).into_response())
+}
+
+/// Per-video summaries of a job over video files (docs/video.md): per
+/// video, frames done and failed, why it stopped decoding, and per label the
+/// detections per minute and the most seen in one frame; read from the
+/// results finished so far. A job without video frames has no videos.
+#[utoipa::path(get, path = "/v1/jobs/{id}/summary", operation_id = "job_summary",
+    params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, description = "Per-video summaries", body = Object), (status = 404, body = ErrorBody),
+              (status = 503, description = "The job store cannot take the request now", body = ErrorBody)))]
+pub async fn summary(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let job = state
+        .store
+        .get_job(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job '{id}' not found")))?;
+    let min_score = state
+        .registry
+        .spec(&job.model)
+        .map_or(0.0, |s| sluice_jobs::video_summary::min_score(&s.processing));
+    let summary = sluice_jobs::video_summary::job_summary(&*state.store, &id, min_score)
+        .await?
+        .unwrap_or_else(|| serde_json::json!({"min_score": min_score, "videos": []}));
+    Ok(Json(summary))
 }
 
 /// One input's result (state `pending` while it waits).

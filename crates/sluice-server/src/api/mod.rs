@@ -25,6 +25,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/jobs/{id}/close", post(jobs::close))
         .route("/v1/jobs/{id}/results", get(jobs::results))
         .route("/v1/jobs/{id}/results/{key}", get(jobs::result))
+        .route("/v1/jobs/{id}/summary", get(jobs::summary))
         .route("/v1/nodes", get(nodes::list))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{name}", get(models::get))

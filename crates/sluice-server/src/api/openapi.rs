@@ -23,6 +23,7 @@ use crate::v2::{http, schema};
         jobs::close,
         jobs::results,
         jobs::result,
+        jobs::summary,
         nodes::list,
         models::list,
         models::get,

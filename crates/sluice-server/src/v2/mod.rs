@@ -27,9 +27,9 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use std::time::{Duration, Instant};
 
-use sluice_core::spec::{ImagePostprocess, ProcessingSpec, RuntimeKind};
+use sluice_core::spec::RuntimeKind;
 use sluice_core::tensor::{checked_numel, ShapeLimits};
-use sluice_core::{DType, Input, ItemErrorKind, NamedTensors, Output, Tensor};
+use sluice_core::{DType, Gives, Input, ItemErrorKind, NamedTensors, Output, Takes, Tensor};
 use sluice_engine::{EngineError, Model, RealtimeOptions};
 
 use crate::registry::Registry;
@@ -302,15 +302,6 @@ fn bytes_meta(name: &str) -> TensorMeta {
     }
 }
 
-/// The name of the single `BYTES` input of a text or image model.
-fn bytes_input(processing: &ProcessingSpec) -> Option<&'static str> {
-    match processing {
-        ProcessingSpec::Text(_) => Some("text"),
-        ProcessingSpec::Image(_) => Some("image"),
-        ProcessingSpec::Tensor(_) | ProcessingSpec::Bytes(_) => None,
-    }
-}
-
 /// The model as v2 metadata.
 pub fn metadata(model: &Model) -> ModelMeta {
     let spec = model.spec();
@@ -320,37 +311,27 @@ pub fn metadata(model: &Model) -> ModelMeta {
         RuntimeKind::Noop => "sluice_noop",
         RuntimeKind::Omi => "omi_grpc",
     };
-    let (inputs, outputs) = match &spec.processing {
-        ProcessingSpec::Tensor(_) => {
-            let meta = |t: &sluice_core::TensorInfo| TensorMeta {
-                name: t.name.clone(),
-                datatype: t.dtype.map_or("FP32", datatype).into(),
-                shape: dims(&t.shape),
-            };
-            (
-                sig.inputs.iter().map(meta).collect(),
-                sig.outputs.iter().map(meta).collect(),
-            )
-        }
-        ProcessingSpec::Text(_) => (
-            vec![bytes_meta("text")],
-            vec![TensorMeta {
-                name: "embedding".into(),
-                datatype: "FP32".into(),
-                shape: vec![-1, -1],
-            }],
-        ),
-        ProcessingSpec::Image(img) => {
-            let out = match img.postprocess {
-                ImagePostprocess::Nanodet { .. } => "detections",
-                ImagePostprocess::Classification { .. } => "classes",
-            };
-            (vec![bytes_meta("image")], vec![bytes_meta(out)])
-        }
-        ProcessingSpec::Bytes(_) => (
-            sig.inputs.iter().map(|t| bytes_meta(&t.name)).collect(),
-            sig.outputs.iter().map(|t| bytes_meta(&t.name)).collect(),
-        ),
+    let numeric = |t: &sluice_core::TensorInfo| TensorMeta {
+        name: t.name.clone(),
+        datatype: t.dtype.map_or("FP32", datatype).into(),
+        shape: dims(&t.shape),
+    };
+    let bytes = |t: &sluice_core::TensorInfo| bytes_meta(&t.name);
+    let described = spec.processing.describe();
+    let inputs = match described.takes {
+        Takes::Tensors => sig.inputs.iter().map(numeric).collect(),
+        Takes::Files => sig.inputs.iter().map(bytes).collect(),
+        takes @ (Takes::Text | Takes::Image { .. }) => takes.v2_bytes_input().map(bytes_meta).into_iter().collect(),
+    };
+    let outputs = match described.gives {
+        Gives::Tensors => sig.outputs.iter().map(numeric).collect(),
+        Gives::Files => sig.outputs.iter().map(bytes).collect(),
+        Gives::Embedding => vec![TensorMeta {
+            name: "embedding".into(),
+            datatype: "FP32".into(),
+            shape: vec![-1, -1],
+        }],
+        gives @ (Gives::Detections { .. } | Gives::Classes) => vec![bytes_meta(gives.name())],
     };
     ModelMeta {
         name: spec.name.clone(),
@@ -364,7 +345,8 @@ pub fn metadata(model: &Model) -> ModelMeta {
 /// Splits the request's inputs along the batch dimension into engine items.
 fn to_items(model: &Model, inputs: Vec<WireTensor>, limits: &InputLimits) -> Result<Vec<Input>, V2Error> {
     let spec = model.spec();
-    if let Some(expected) = bytes_input(&spec.processing) {
+    let takes = spec.processing.describe().takes;
+    if let Some(expected) = takes.v2_bytes_input() {
         let [input]: [WireTensor; 1] = inputs.try_into().map_err(|v: Vec<WireTensor>| {
             V2Error::BadRequest(format!(
                 "model '{}' takes one BYTES input '{expected}', got {} inputs",
@@ -394,15 +376,15 @@ fn to_items(model: &Model, inputs: Vec<WireTensor>, limits: &InputLimits) -> Res
         return rows
             .into_iter()
             .enumerate()
-            .map(|(i, b)| match &spec.processing {
-                ProcessingSpec::Text(_) => String::from_utf8(b)
+            .map(|(i, b)| match takes {
+                Takes::Text => String::from_utf8(b)
                     .map(Input::Text)
                     .map_err(|_| V2Error::BadRequest(format!("input 'text', row {i}: not valid UTF-8"))),
                 _ => Ok(Input::Bytes(b)),
             })
             .collect();
     }
-    if let ProcessingSpec::Bytes(_) = spec.processing {
+    if takes == Takes::Files {
         return bytes_items(inputs, limits);
     }
     // Raw tensors: every graph input by name, rows split along dimension 0.
