@@ -109,11 +109,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let window = spec.batch_window.unwrap_or(16 * spec.max_batch_size);
         spec.batch_window = Some(window.min(2 * spec.max_batch_size).max(spec.max_batch_size));
     }
-    let min_score = match describe.gives {
-        sluice_core::Gives::Detections { score_threshold } => score_threshold,
-        _ => 0.0,
-    };
-    let summaries = videos.as_ref().map(|_| Arc::new(Mutex::new(Summaries::new(min_score))));
+    let summaries = videos.as_ref().map(|_| Summaries::new(describe.gives.min_score()));
     let total = source.count()?;
     let name = spec.name.clone();
     // The output is opened before the model loads, so a bad one fails at once.
@@ -150,8 +146,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let writer = {
         let bar = bar.clone();
         let kept = kept.clone();
-        let summaries = summaries.clone();
-        tokio::task::spawn_blocking(move || write_results(rx, sink, &kept, &bar, summaries.as_deref()))
+        tokio::task::spawn_blocking(move || write_results(rx, sink, &kept, &bar, summaries))
     };
 
     let started = Instant::now();
@@ -211,7 +206,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         model.join().await;
         writer.await
     };
-    let (mut sink, written) = finish.await??;
+    let (mut sink, written, summaries) = finish.await??;
     let ending = Ending {
         complete: !interrupted && read_error.is_none(),
     };
@@ -250,11 +245,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .map(|i| i.values().filter(|v| v.is_ok()).count())
             .unwrap_or(0);
         eprintln!("{name}: {decoded} of {count} videos decoded by {ffmpeg}");
-        if let (Some(path), Some(summaries)) = (&args.summary, &summaries) {
-            let mut summary = summaries
-                .lock()
-                .map_err(|_| anyhow::anyhow!("summary lock poisoned"))?
-                .clone();
+        if let (Some(path), Some(mut summary)) = (&args.summary, summaries) {
             if let Ok(infos) = infos.lock() {
                 for (video, info) in infos.iter() {
                     summary.video(video, info.as_ref().ok().and_then(|i| i.duration_s));
@@ -296,15 +287,16 @@ pub struct Written {
     canceled: u64,
 }
 
-/// Writes each completion to the sink as it arrives; hands the sink back
-/// for [`Sink::finish`] once every completion is in.
+/// Writes each completion to the sink as it arrives, adding video results
+/// to `summaries`; hands the sink and the summaries back for
+/// [`Sink::finish`] once every completion is in.
 fn write_results(
     mut rx: mpsc::Receiver<Completion>,
     mut sink: Box<dyn Sink>,
     kept: &KeptInFlight,
     bar: &ProgressBar,
-    summaries: Option<&Mutex<Summaries>>,
-) -> anyhow::Result<(Box<dyn Sink>, Written)> {
+    mut summaries: Option<Summaries>,
+) -> anyhow::Result<(Box<dyn Sink>, Written, Option<Summaries>)> {
     let mut w = Written {
         total: 0,
         ok: 0,
@@ -327,8 +319,8 @@ fn write_results(
                 None => None,
             }
         };
-        if let (Some(summaries), Some(k)) = (summaries, &row_kept) {
-            add_to_summary(summaries, &key, k, &c.result)?;
+        if let (Some(summaries), Some(k)) = (summaries.as_mut(), &row_kept) {
+            add_to_summary(summaries, &key, k, &c.result);
         }
         let outcome = match &c.result {
             Err(e) if e.kind == ItemErrorKind::Canceled => {
@@ -357,21 +349,15 @@ fn write_results(
         w.total += 1;
         bar.inc(1);
     }
-    Ok((sink, w))
+    Ok((sink, w, summaries))
 }
 
 /// Adds one video result to the summaries: a frame (ok or failed), or the
 /// failed record of a whole video (keyed by the video itself).
-fn add_to_summary(
-    summaries: &Mutex<Summaries>,
-    key: &str,
-    kept: &Kept,
-    result: &sluice_core::ItemResult,
-) -> anyhow::Result<()> {
+fn add_to_summary(s: &mut Summaries, key: &str, kept: &Kept, result: &sluice_core::ItemResult) {
     let Some(video) = kept.get("video").and_then(|v| v.as_str()) else {
-        return Ok(());
+        return;
     };
-    let mut s = summaries.lock().map_err(|_| anyhow::anyhow!("summary lock poisoned"))?;
     let t = kept.get("t").and_then(serde_json::Value::as_f64);
     match (result, t) {
         (Err(e), _) if e.kind == ItemErrorKind::Canceled => {}
@@ -380,7 +366,6 @@ fn add_to_summary(
         (Ok(output), Some(t)) => s.frame(video, t, output),
         (_, None) => {}
     }
-    Ok(())
 }
 
 /// Writes `json` to `path` whole (a temporary file renamed over it).

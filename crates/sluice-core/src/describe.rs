@@ -68,6 +68,18 @@ pub struct FrameFit {
     pub keep_aspect: bool,
 }
 
+impl Gives {
+    /// The score from which a result's detections count in summaries: the
+    /// detector's own threshold (what it returns already reaches it); 0 for
+    /// models that give no detections.
+    pub fn min_score(&self) -> f32 {
+        match self {
+            Gives::Detections { score_threshold } => *score_threshold,
+            _ => 0.0,
+        }
+    }
+}
+
 impl Takes {
     /// Short name: `text`, `image`, `tensors` or `files`.
     pub fn name(&self) -> &'static str {
@@ -186,6 +198,8 @@ mod tests {
         );
         assert_eq!(d.takes.v2_bytes_input(), Some("image"));
         assert_eq!(d.gives, Gives::Detections { score_threshold: 0.4 });
+        assert_eq!(d.gives.min_score(), 0.4);
+        assert_eq!(Gives::Embedding.min_score(), 0.0);
         assert_eq!(Takes::Text.frame_fit(), None);
         assert!(Takes::Files.takes_strings() && !Takes::Tensors.takes_strings());
     }

@@ -9,6 +9,7 @@
 pub mod describe;
 pub mod error;
 pub mod item;
+pub mod local;
 pub mod policy;
 pub mod runtime;
 pub mod spec;

@@ -148,23 +148,8 @@ pub fn find_ffmpeg() -> Result<PathBuf, SourceError> {
             )))
         };
     }
-    let mut starts: Vec<PathBuf> = Vec::new();
-    if let Ok(cwd) = std::env::current_dir() {
-        starts.push(cwd);
-    }
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-    {
-        starts.push(dir);
-    }
-    for start in &starts {
-        for dir in start.ancestors() {
-            let candidate = dir.join(LOCAL_FFMPEG);
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
+    if let Some(local) = sluice_core::local::search_ancestors(|d| Some(d.join(LOCAL_FFMPEG)).filter(|p| p.is_file())) {
+        return Ok(local);
     }
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
@@ -390,16 +375,18 @@ fn log_message(line: &str) -> &str {
 }
 
 impl Decode {
-    fn open(&self, path: &Path) -> Result<File, String> {
-        match &self.roots {
+    /// Opens the video: under the roots (when set) if `confined`; a
+    /// temporary copy of an object is not under them.
+    fn open(&self, path: &Path, confined: bool) -> Result<File, String> {
+        match self.roots.as_ref().filter(|_| confined) {
             Some(roots) => open_confined(path, roots).map_err(|why| format!("cannot open the video: {why}")),
             None => File::open(path).map_err(|e| format!("cannot open the video: {e}")),
         }
     }
 
     /// FFmpeg's description of the video, or why it is not one.
-    fn probe(&self, path: &Path) -> Result<VideoInfo, String> {
-        let file = self.open(path)?;
+    fn probe(&self, path: &Path, confined: bool) -> Result<VideoInfo, String> {
+        let file = self.open(path, confined)?;
         let args: Vec<String> = ["-hide_banner", "-nostdin", "-noautorotate", "-i", "file:/dev/stdin"]
             .map(String::from)
             .to_vec();
@@ -423,9 +410,9 @@ impl Decode {
     /// receiver is gone (stop).
     fn decode_file(&self, file: &VideoFile, key: &str, tx: &mpsc::Sender<Result<Record, SourceError>>) -> bool {
         match file {
-            VideoFile::Local(path) => self.decode(path, key, tx),
+            VideoFile::Local(path) => self.decode(path, true, key, tx),
             VideoFile::Object { store, path } => match fetch(store.clone(), path.clone()) {
-                Ok(tmp) => self.decode_unconfined(tmp.path(), key, tx),
+                Ok(tmp) => self.decode(tmp.path(), false, key, tx),
                 Err(message) => {
                     if let Ok(mut infos) = self.infos.lock() {
                         infos.insert(key.to_owned(), Err(message.clone()));
@@ -436,20 +423,10 @@ impl Decode {
         }
     }
 
-    /// [`Decode::decode`] of a temporary copy, which is not under the roots.
-    fn decode_unconfined(&self, path: &Path, key: &str, tx: &mpsc::Sender<Result<Record, SourceError>>) -> bool {
-        let unconfined = Decode {
-            ffmpeg: self.ffmpeg.clone(),
-            video: self.video.clone(),
-            roots: None,
-            infos: self.infos.clone(),
-        };
-        unconfined.decode(path, key, tx)
-    }
-
-    /// Decodes one video into `tx`; false when the receiver is gone (stop).
-    fn decode(&self, path: &Path, key: &str, tx: &mpsc::Sender<Result<Record, SourceError>>) -> bool {
-        let info = self.probe(path);
+    /// Decodes one video into `tx` (opened as [`Decode::open`] says);
+    /// false when the receiver is gone (stop).
+    fn decode(&self, path: &Path, confined: bool, key: &str, tx: &mpsc::Sender<Result<Record, SourceError>>) -> bool {
+        let info = self.probe(path, confined);
         if let Ok(mut infos) = self.infos.lock() {
             infos.insert(key.to_owned(), info.clone());
         }
@@ -457,7 +434,7 @@ impl Decode {
             Ok(i) => i,
             Err(message) => return tx.blocking_send(Ok(failed(key, None, message))).is_ok(),
         };
-        match self.frames(path, key, &info, tx) {
+        match self.frames(path, confined, key, &info, tx) {
             Ok(()) => true,
             Err(Stop::Receiver) => false,
             Err(Stop::Failed { t, message }) => tx.blocking_send(Ok(failed(key, t, message))).is_ok(),
@@ -467,6 +444,7 @@ impl Decode {
     fn frames(
         &self,
         path: &Path,
+        confined: bool,
         key: &str,
         info: &VideoInfo,
         tx: &mpsc::Sender<Result<Record, SourceError>>,
@@ -503,7 +481,9 @@ impl Decode {
             ]
             .map(String::from),
         );
-        let file = self.open(path).map_err(|message| Stop::Failed { t: None, message })?;
+        let file = self
+            .open(path, confined)
+            .map_err(|message| Stop::Failed { t: None, message })?;
         let mut child = ffmpeg_with_file(&self.ffmpeg, file, &args, true).map_err(|e| Stop::Failed {
             t: None,
             message: format!("cannot run {}: {e}", self.ffmpeg.display()),
@@ -575,7 +555,7 @@ impl Decode {
             n += 1;
             last_t = Some(t);
         };
-        if matches!(result, Err(Stop::Receiver)) || result.is_err() {
+        if result.is_err() {
             let _ = child.kill();
         }
         drop(stdout);

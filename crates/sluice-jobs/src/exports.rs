@@ -385,7 +385,7 @@ impl Jobs {
             min_score: self
                 .registry
                 .spec(&claim.job.model)
-                .map_or(0.0, |s| crate::video_summary::min_score(&s.processing)),
+                .map_or(0.0, |s| s.processing.describe().gives.min_score()),
             node: self.node_id.to_string(),
             config: self.outputs.clone(),
             shutdown: self.shutdown.clone(),

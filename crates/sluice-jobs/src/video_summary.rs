@@ -7,15 +7,6 @@ use sluice_io::summary::Summaries;
 use sluice_io::video::{is_video_path, parse_frame_key};
 use sluice_store::{ItemState, Store, StoreError};
 
-/// The score from which detections count: the detector's own threshold
-/// (what it returns already reaches it); 0 for other models.
-pub fn min_score(processing: &sluice_core::spec::ProcessingSpec) -> f32 {
-    match processing.describe().gives {
-        sluice_core::Gives::Detections { score_threshold } => score_threshold,
-        _ => 0.0,
-    }
-}
-
 /// Results read per page.
 const PAGE: u32 = 1000;
 

@@ -67,21 +67,8 @@ pub fn locate_library() -> Result<PathBuf, OnnxError> {
             )))
         };
     }
-    let mut starts: Vec<PathBuf> = Vec::new();
-    if let Ok(cwd) = std::env::current_dir() {
-        starts.push(cwd);
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            starts.push(dir.to_path_buf());
-        }
-    }
-    for start in &starts {
-        for dir in start.ancestors() {
-            if let Some(lib) = find_in(&dir.join(LOCAL_LIB_DIR)) {
-                return Ok(lib);
-            }
-        }
+    if let Some(lib) = sluice_core::local::search_ancestors(|d| find_in(&d.join(LOCAL_LIB_DIR))) {
+        return Ok(lib);
     }
     Err(OnnxError::Library(format!(
         "no libonnxruntime.so in {DYLIB_ENV} or {LOCAL_LIB_DIR}; {SETUP_HINT}"

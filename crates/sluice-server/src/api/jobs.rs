@@ -635,7 +635,7 @@ pub async fn summary(
     let min_score = state
         .registry
         .spec(&job.model)
-        .map_or(0.0, |s| sluice_jobs::video_summary::min_score(&s.processing));
+        .map_or(0.0, |s| s.processing.describe().gives.min_score());
     let summary = sluice_jobs::video_summary::job_summary(&*state.store, &id, min_score)
         .await?
         .unwrap_or_else(|| serde_json::json!({"min_score": min_score, "videos": []}));
